@@ -1,0 +1,3 @@
+from hedonic_neurons.cli import main
+
+main()

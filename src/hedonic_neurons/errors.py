@@ -1,0 +1,26 @@
+"""The few exception classes a user sees.
+
+Every error the library raises on bad input is a :class:`HedonicError`. Its message names the
+problem and what was expected; the command line prints it as one line on stderr and exits with
+code 2 (no traceback).
+"""
+
+
+class HedonicError(ValueError):
+    """Base class of every user-facing error."""
+
+
+class DataError(HedonicError):
+    """A data file is missing, empty or malformed (the message names the file and line)."""
+
+
+class ModelError(HedonicError):
+    """Unknown architecture, layer out of range, adapter that does not match its base model..."""
+
+
+class PhiError(HedonicError):
+    """A synergy matrix is not square, not finite or not symmetric."""
+
+
+class ConfigError(HedonicError):
+    """A configuration file or a parameter is invalid."""
