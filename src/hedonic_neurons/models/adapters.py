@@ -1,0 +1,253 @@
+"""Architecture adapters: where the neurons are in each model family.
+
+A neuron is one unit of the input to the MLP's down projection (method A1):
+``act(gate(x)) * up(x)`` for LLaMA / Mistral / Qwen2, ``act(W_in x)`` for GPT-NeoX, GPT-2 and BERT.
+Its output weight vector is the matching column of the down projection.
+
+One :class:`ArchSpec` per family, keyed on ``config.model_type``. Module paths are relative to
+``model.base_model`` (the transformer body, e.g. ``LlamaModel``), which is the same object for
+``*ForSequenceClassification``, ``*ForCausalLM`` and the bare model, so one spec serves all heads.
+Users pass layer indices, never module paths. To support a new family, add an ``ArchSpec`` to
+``ARCHITECTURES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hedonic_neurons.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Module paths of one model family (relative to ``model.base_model`` and to one layer)."""
+
+    family: str
+    model_types: tuple[str, ...]
+    layers: str  # the ModuleList of blocks, relative to base_model
+    up: str  # input projection ("up" of a gated MLP, W_in otherwise), relative to a block
+    down: str  # down / output projection, relative to a block; its input is the neuron site
+    act: str  # the activation function module, relative to a block
+    gate: str | None = None  # gate projection of gated MLPs
+    conv1d: bool = False  # GPT-2 Conv1D stores weights as (in, out)
+    final_norm: str | None = None  # pre-LN models: the final norm, relative to base_model
+    post_norm: str | None = None  # post-LN models (BERT): the norm after the residual add in a block
+    mlp_norm: str | None = None  # the norm that feeds the MLP, relative to a block (None: post-LN)
+    width_keys: tuple[str, ...] = ("intermediate_size",)
+
+    @property
+    def gated(self) -> bool:
+        return self.gate is not None
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Leaf module names of the MLP, as peft ``target_modules`` (LoRA on the MLP only, A12)."""
+        names = [self.up, self.down] + ([self.gate] if self.gate else [])
+        return tuple(sorted(p.rsplit(".", 1)[-1] for p in names))
+
+
+_LLAMA_LIKE = dict(
+    layers="layers",
+    gate="mlp.gate_proj",
+    up="mlp.up_proj",
+    down="mlp.down_proj",
+    act="mlp.act_fn",
+    final_norm="norm",
+    mlp_norm="post_attention_layernorm",
+)
+
+ARCHITECTURES: tuple[ArchSpec, ...] = (
+    ArchSpec(family="llama", model_types=("llama",), **_LLAMA_LIKE),
+    ArchSpec(family="mistral", model_types=("mistral",), **_LLAMA_LIKE),
+    ArchSpec(family="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
+    ArchSpec(
+        family="gpt_neox",
+        model_types=("gpt_neox",),
+        layers="layers",
+        up="mlp.dense_h_to_4h",
+        down="mlp.dense_4h_to_h",
+        act="mlp.act",
+        final_norm="final_layer_norm",
+        mlp_norm="post_attention_layernorm",
+    ),
+    ArchSpec(
+        family="gpt2",
+        model_types=("gpt2",),
+        layers="h",
+        up="mlp.c_fc",
+        down="mlp.c_proj",
+        act="mlp.act",
+        conv1d=True,
+        final_norm="ln_f",
+        mlp_norm="ln_2",
+        width_keys=("n_inner",),
+    ),
+    ArchSpec(
+        family="bert",
+        model_types=("bert",),
+        layers="encoder.layer",
+        up="intermediate.dense",
+        down="output.dense",
+        act="intermediate.intermediate_act_fn",
+        post_norm="output.LayerNorm",
+    ),
+)
+
+_BY_TYPE = {t: spec for spec in ARCHITECTURES for t in spec.model_types}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_TYPE)
+
+
+def get_spec(model_or_config: Any) -> ArchSpec:
+    """The adapter for a model or config; a one-line :class:`ModelError` for unknown families."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _BY_TYPE:
+        raise ModelError(
+            f"unknown architecture '{model_type}': add an ArchSpec for it to ARCHITECTURES in "
+            f"hedonic_neurons/models/adapters.py (supported: {', '.join(supported_model_types())})"
+        )
+    return _BY_TYPE[model_type]
+
+
+def _get(root: nn.Module, path: str) -> Any:
+    obj: Any = root
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def body(model: nn.Module) -> nn.Module:
+    """The transformer body (``model.base_model``), also through a peft wrapper."""
+    inner = model
+    # peft: PeftModel.base_model is a LoraModel whose .model is the HF model
+    if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return inner.base_model
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(_get(body(model), get_spec(model).layers))
+
+
+def n_neurons(model_or_config: Any) -> int:
+    """MLP width (neurons per layer)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    spec = get_spec(config)
+    for key in spec.width_keys:
+        width = getattr(config, key, None)
+        if width:
+            return int(width)
+    if spec.family == "gpt2":  # n_inner=None means 4 * n_embd
+        return 4 * int(config.n_embd)
+    raise ModelError(f"config of '{spec.family}' has none of {spec.width_keys}; cannot tell the MLP width")
+
+
+def check_layer(model: nn.Module, layer: int) -> int:
+    """``layer`` if it exists (negative indices count from the end), else a one-line error."""
+    total = n_layers(model)
+    if not isinstance(layer, int) or not -total <= layer < total:
+        raise ModelError(f"layer {layer} is out of range: this model has {total} layers (0..{total - 1})")
+    return layer % total
+
+
+def block(model: nn.Module, layer: int) -> nn.Module:
+    """Transformer block ``layer``."""
+    return _get(body(model), get_spec(model).layers)[check_layer(model, layer)]
+
+
+@dataclass
+class MLPModules:
+    """The modules that make up one layer's MLP (the neuron site is ``down``'s input)."""
+
+    spec: ArchSpec
+    block: nn.Module
+    up: nn.Module
+    down: nn.Module
+    act: Any
+    gate: nn.Module | None
+    mlp_norm: nn.Module | None
+    post_norm: nn.Module | None
+
+
+def mlp_modules(model: nn.Module, layer: int) -> MLPModules:
+    spec = get_spec(model)
+    blk = block(model, layer)
+    return MLPModules(
+        spec=spec,
+        block=blk,
+        up=_get(blk, spec.up),
+        down=_get(blk, spec.down),
+        act=_get(blk, spec.act),
+        gate=_get(blk, spec.gate) if spec.gate else None,
+        mlp_norm=_get(blk, spec.mlp_norm) if spec.mlp_norm else None,
+        post_norm=_get(blk, spec.post_norm) if spec.post_norm else None,
+    )
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    spec = get_spec(model)
+    return _get(body(model), spec.final_norm) if spec.final_norm else None
+
+
+def linear_weight(module: nn.Module, conv1d: bool) -> torch.Tensor:
+    """Weight as (out_features, in_features), whatever the module stores (Linear or GPT-2 Conv1D)."""
+    weight = module.weight
+    return weight.t() if conv1d else weight
+
+
+@dataclass
+class MLPWeights:
+    """One layer's MLP weights in a fixed layout, and the neuron activations they produce.
+
+    ``up`` / ``gate``: (n, d) input rows, one per neuron; ``down``: (d, n), column i is neuron
+    i's output vector W_i. Biases are (n,) / (d,) or None.
+    """
+
+    up: torch.Tensor
+    down: torch.Tensor
+    act: Any
+    gate: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None
+    gate_bias: torch.Tensor | None = None
+    down_bias: torch.Tensor | None = None
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.up.shape[0])
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Neuron activations for MLP inputs ``x`` (..., d) -> (..., n): the hand computation."""
+        up = torch.nn.functional.linear(x, self.up, self.up_bias)
+        if self.gate is None:
+            return self.act(up)
+        return self.act(torch.nn.functional.linear(x, self.gate, self.gate_bias)) * up
+
+    def output(self, a: torch.Tensor) -> torch.Tensor:
+        """MLP output for neuron activations ``a`` (..., n) -> (..., d)."""
+        return torch.nn.functional.linear(a, self.down, self.down_bias)
+
+
+def mlp_weights(model: nn.Module, layer: int) -> MLPWeights:
+    """The layer's current MLP weights (views of the model's parameters, no copy).
+
+    For a model with an attached (unmerged) LoRA adapter use the loader's merged weights instead;
+    this reads ``.weight`` of plain ``Linear``/``Conv1D`` modules.
+    """
+    mods = mlp_modules(model, layer)
+    conv = mods.spec.conv1d
+    return MLPWeights(
+        up=linear_weight(mods.up, conv),
+        down=linear_weight(mods.down, conv),
+        act=mods.act,
+        gate=linear_weight(mods.gate, conv) if mods.gate is not None else None,
+        up_bias=mods.up.bias,
+        gate_bias=mods.gate.bias if mods.gate is not None else None,
+        down_bias=mods.down.bias,
+    )
