@@ -6,23 +6,7 @@ import transformers as tf
 
 from hedonic_neurons.errors import ModelError
 from hedonic_neurons.models import adapters
-
-
-def tiny_config(family: str):
-    common = dict(vocab_size=97, num_hidden_layers=3, num_attention_heads=2)
-    if family in ("llama", "mistral", "qwen2"):
-        cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
-        return cls(hidden_size=16, intermediate_size=24, num_key_value_heads=1, **common)
-    if family == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=16, intermediate_size=24, **common)
-    if family == "gpt2":
-        return tf.GPT2Config(vocab_size=97, n_embd=16, n_inner=24, n_layer=3, n_head=2)
-    if family == "bert":
-        return tf.BertConfig(hidden_size=16, intermediate_size=24, **common)
-    raise AssertionError(family)
-
-
-FAMILIES = ["llama", "mistral", "qwen2", "gpt_neox", "gpt2", "bert"]
+from tiny import FAMILIES, tiny_config
 
 
 @pytest.mark.parametrize("family", FAMILIES)
