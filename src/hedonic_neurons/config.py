@@ -1,0 +1,191 @@
+"""The configuration of ``hedonic run``: one validated object for the whole pipeline.
+
+Validation happens before any work starts: unknown keys, wrong types, missing data files and
+layers the model does not have each give one :class:`~hedonic_neurons.errors.ConfigError` line
+(exit code 2 on the command line). Every field has a default, so a config names only what it
+changes. Data paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hedonic_neurons.errors import ConfigError
+
+Task = Literal["cqtr", "mean_tf_l", "rm"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PairSource(_Strict):
+    """Query-passage pairs in the standard formats: a top1000-style TSV and (optionally) qrels."""
+
+    rerank: str  # qid \t pid \t query \t passage (.gz allowed)
+    qrels: str | None = None  # TREC "qid 0 pid grade" or MS MARCO qrels
+
+
+class DataConfig(_Strict):
+    # "demo" = the built-in demo corpus (its train / test splits); else files in standard formats
+    train: Literal["demo"] | PairSource = "demo"
+    test: Literal["demo"] | PairSource = "demo"
+    max_train_pairs: int = Field(2000, ge=10)
+    max_test_pairs: int = Field(1000, ge=10)
+
+
+class FinetuneConfig(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    layers: list[int] | None = None  # None: the default middle band (A12)
+    max_length: int = Field(128, ge=16)
+    group_size: int = Field(8, ge=2)  # RM: 1 positive + hard negatives
+
+
+class PhiConfig(_Strict):
+    metrics: list[Literal["oca", "pas"]] = ["oca", "pas"]
+    pas_mode: Literal["exact", "taylor", "grad-outer"] = "exact"
+    readout: Literal["local", "full"] = "local"
+    max_inputs: int = Field(512, ge=8)
+    batch_size: int = Field(16, ge=1)
+
+
+class GameConfig(_Strict):
+    k: int = Field(2, ge=1)
+    epsilon: float = Field(0.05, gt=0, lt=1)
+    delta: float = Field(0.05, gt=0, lt=1)
+    n_samples: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(_Strict):
+    tau: float = Field(0.5, gt=0, lt=1)
+    min_size: int = Field(2, ge=1)
+
+
+class EvaluateConfig(_Strict):
+    top_k: int = Field(10, ge=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    min_size: int = Field(2, ge=1)
+
+
+Baseline = Literal["random", "kmeans", "hierarchical", "phi-communities"]
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    model: str = "minilm"
+    adapter: str | None = None  # an existing LoRA adapter; None: fine-tune one first
+    reference: str | None = None  # two-checkpoint mode: the pre-fine-tuning checkpoint
+    task: Task = "cqtr"
+    layers: list[int] = Field([1, 2, 3, 4], min_length=1)
+    data: DataConfig = DataConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    phi: PhiConfig = PhiConfig()
+    game: GameConfig = GameConfig()
+    baselines: list[Baseline] = ["random", "kmeans", "hierarchical", "phi-communities"]
+    tracking: TrackingConfig = TrackingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    max_length: int = Field(128, ge=16)
+    seed: int = 0
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("layers must not repeat")
+        return sorted(v)
+
+    def section_key(self, *names: str) -> str:
+        """A stable hash of some top-level sections: the cache key of a pipeline stage."""
+        dump = self.model_dump(mode="json")
+        blob = json.dumps({n: dump[n] for n in names}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _first_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{where}'"
+    if err["type"] == "missing":
+        return f"{source}: missing key '{where}'"
+    got = err.get("input")
+    got_s = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    return f"{source}: '{where}': {err['msg']}{got_s}"
+
+
+def _resolve(path: str, base: Path, what: str) -> str:
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = (base / p).resolve()
+    if not p.exists():
+        raise ConfigError(f"{what}: file not found: {p}")
+    return str(p)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML config; relative data paths resolve against the file's folder.
+
+    Checks everything that can be checked without loading weights: keys, types, ranges, that data
+    files and adapter folders exist. Layer ranges are checked by :func:`check_layers`.
+    """
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{line}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        base = path.resolve().parent
+    raw = {**raw, **(overrides or {})}
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(exc, source)) from None
+    # resolve and check paths
+    updates: dict[str, Any] = {}
+    data = cfg.data
+    for split in ("train", "test"):
+        src = getattr(data, split)
+        if isinstance(src, PairSource):
+            src = PairSource(
+                rerank=_resolve(src.rerank, base, f"{source}: data.{split}.rerank"),
+                qrels=_resolve(src.qrels, base, f"{source}: data.{split}.qrels") if src.qrels else None,
+            )
+            data = data.model_copy(update={split: src})
+    updates["data"] = data
+    for key in ("adapter", "reference"):
+        value = getattr(cfg, key)
+        if value is not None:
+            updates[key] = _resolve(value, base, f"{source}: {key}")
+    if cfg.task == "rm":
+        for split in ("train", "test"):
+            src = getattr(data, split)
+            if isinstance(src, PairSource) and src.qrels is None:
+                raise ConfigError(f"{source}: task 'rm' needs data.{split}.qrels (relevance labels)")
+    return cfg.model_copy(update=updates)
+
+
+def check_layers(cfg: RunConfig, n_layers: int) -> None:
+    """One line when a configured layer does not exist in the model."""
+    bad = [layer for layer in cfg.layers + (cfg.finetune.layers or []) if not 0 <= layer < n_layers]
+    if bad:
+        raise ConfigError(
+            f"layer {bad[0]} is out of range: model '{cfg.model}' has {n_layers} layers (0..{n_layers - 1})"
+        )
