@@ -1,0 +1,98 @@
+"""What tracking reads from a model: the weights between two layers and E|a_p|.
+
+Both take a plain Hugging Face model (``NeuronModel.model`` has its adapter merged, so its
+``mlp_weights`` are the fine-tuned weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
+
+import torch
+from torch import nn
+
+from hedonic_neurons.models.adapters import block, check_layer, get_spec, mlp_modules, mlp_weights
+
+__all__ = ["LayerPairWeights", "layer_pair_weights", "mean_abs_activations", "next_norm_scale"]
+
+# Post-LN families: the LayerNorm inside block l+1 that feeds its MLP (after attention).
+_POST_LN_MLP_INPUT_NORM = {"bert": "attention.output.LayerNorm"}
+
+
+def next_norm_scale(model: nn.Module, layer: int) -> torch.Tensor | None:
+    """Scale of the norm(s) between layer ``layer``'s MLP output and layer ``layer + 1``'s MLP input.
+
+    Pre-LN models (LLaMA, Mistral, Qwen2, GPT-NeoX, GPT-2): the weight of layer l+1's MLP norm
+    (``post_attention_layernorm`` / ``ln_2``). Post-LN BERT: the output passes two LayerNorms, layer
+    l's output LayerNorm and layer l+1's attention-output LayerNorm; their weights multiply. The
+    norms' data-dependent divisions, centring and biases are ignored (see ``tracking.mass``).
+    """
+    spec = get_spec(model)
+    nxt = mlp_modules(model, layer + 1)
+    if nxt.mlp_norm is not None:
+        return nxt.mlp_norm.weight.detach().float()
+    scale = None
+    own = mlp_modules(model, layer).post_norm
+    if own is not None and getattr(own, "weight", None) is not None:
+        scale = own.weight.detach().float()
+    path = _POST_LN_MLP_INPUT_NORM.get(spec.family)
+    if path is not None:
+        w = attrgetter(path)(block(model, layer + 1)).weight.detach().float()
+        scale = w if scale is None else scale * w
+    return scale
+
+
+@dataclass
+class LayerPairWeights:
+    """The four inputs of :func:`~hedonic_neurons.tracking.mass.interaction_mass` for layers l, l+1."""
+
+    down: torch.Tensor  # (d, n) layer l
+    up_next: torch.Tensor  # (n', d) layer l+1
+    gate_next: torch.Tensor | None  # (n', d) layer l+1, gated MLPs only
+    norm_scale_next: torch.Tensor | None  # (d,)
+
+
+def layer_pair_weights(model: nn.Module, layer: int) -> LayerPairWeights:
+    """Weights linking layer ``layer``'s neurons to layer ``layer + 1``'s (detached float32 copies)."""
+    layer = check_layer(model, layer)
+    check_layer(model, layer + 1)
+    here, nxt = mlp_weights(model, layer), mlp_weights(model, layer + 1)
+    return LayerPairWeights(
+        down=here.down.detach().float(),
+        up_next=nxt.up.detach().float(),
+        gate_next=None if nxt.gate is None else nxt.gate.detach().float(),
+        norm_scale_next=next_norm_scale(model, layer),
+    )
+
+
+def mean_abs_activations(
+    model: nn.Module, layers: Sequence[int], batches: Iterable[Mapping[str, Any]]
+) -> dict[int, torch.Tensor]:
+    """A_p = E|a_p| per layer: the mean absolute activation over every non-pad token (float64).
+
+    The mean is over tokens, not of the absolute value of a per-input mean: a neuron whose sign
+    varies within an input still carries mass. Uses ``neurons.record(pooling="tokens",
+    keep=True)``, emptying the kept list after every batch, so memory stays one batch.
+    """
+    from hedonic_neurons.neurons import record
+
+    layers = sorted({check_layer(model, int(layer)) for layer in layers})
+    sums: dict[int, torch.Tensor] = {}
+    count = 0
+    with record(model, layers, pooling="tokens", moments=False, keep=True, stop_after=True) as rec:
+        for batch in batches:
+            rec(batch)
+            for layer in layers:
+                kept = rec.kept[layer]
+                a = torch.cat(kept).abs()
+                kept.clear()
+                sums[layer] = sums.get(layer, 0) + a.sum(0)
+            count += int(a.shape[0])
+    if count == 0:
+        from hedonic_neurons.errors import DataError
+
+        raise DataError("no tokens were recorded (empty data): cannot estimate E|a_p|")
+    return {layer: s / count for layer, s in sums.items()}
