@@ -154,3 +154,70 @@ def test_bad_inputs_are_one_line_errors():
         PhiCommunities().fit(np.array([[0.0, 1.0], [0.0, 0.0]]))
     with pytest.raises(ConfigError, match="resolution"):
         PhiCommunities(resolution=0).fit(np.zeros((2, 2)))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def run_cli(args: list[str]) -> int:
+    from hedonic_neurons.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_random_and_phi_communities(tmp_path, capsys):
+    from hedonic_neurons.artifacts import load_partition, save_partition, save_phi
+
+    ref = [[0, 3, 4, 9], [1, 2, 8], [5, 6], [7]]
+    save_partition(tmp_path / "hedonic.json", ref, method="hedonic", params={}, layer=4)
+    outs = []
+    for name in ("r1.json", "r2.json"):
+        assert (
+            run_cli(
+                [
+                    "baseline",
+                    "--method",
+                    "random",
+                    "--like",
+                    str(tmp_path / "hedonic.json"),
+                    "--out",
+                    str(tmp_path / name),
+                    "--seed",
+                    "3",
+                ]
+            )
+            == 0
+        )
+        outs.append(load_partition(tmp_path / name))
+    assert outs[0]["coalitions"] == outs[1]["coalitions"]
+    assert [len(c) for c in outs[0]["coalitions"]] == [4, 3, 2, 1]
+    assert outs[0]["layer"] == 4 and outs[0]["method"] == "random" and outs[0]["params"]["random_state"] == 3
+
+    phi, truth = block_phi([6, 5, 4], seed=9)
+    save_phi(tmp_path / "phi_layer5.safetensors", phi, {"layer": 5})
+    assert (
+        run_cli(
+            [
+                "baseline",
+                "--method",
+                "phi-communities",
+                "--phi",
+                str(tmp_path / "phi_layer5.safetensors"),
+                "--out",
+                str(tmp_path / "pc.json"),
+            ]
+        )
+        == 0
+    )
+    doc = load_partition(tmp_path / "pc.json")
+    assert doc["layer"] == 5 and adjusted_rand_score(truth, doc["labels"]) == 1.0
+
+    capsys.readouterr()
+    assert run_cli(["baseline", "--method", "kmeans", "--out", str(tmp_path / "k.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "MODEL and --layer" in err and "\n" not in err
+    assert run_cli(["baseline", "--method", "spectral", "--out", str(tmp_path / "k.json")]) == 2

@@ -311,3 +311,126 @@ def test_mean_abs_activations_matches_unpadded_hand_computation():
             handle.remove()
         expected = torch.cat(captured).abs().double().mean(0)
         torch.testing.assert_close(got[layer], expected, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------- folder of partitions
+
+
+def test_track_partitions_and_output_files(tmp_path):
+    from hedonic_neurons.artifacts import read_json, save_partition
+    from hedonic_neurons.tracking.run import load_partition_dir, track_partitions, write_tracking
+
+    model = tiny_model("gpt2", layers=3, d=16, n=24)
+    rng = np.random.default_rng(8)
+    for layer in (0, 1, 2):
+        save_partition(
+            tmp_path / "in" / f"p{layer}.json",
+            random_partition(24, rng, 5),
+            method="kmeans",
+            params={},
+            layer=layer,
+        )
+    (tmp_path / "in" / "notes.json").write_text('{"not": "a partition"}')
+    found = load_partition_dir(tmp_path / "in")
+    assert sorted(found) == [0, 1, 2]
+    parts = {layer: doc["coalitions"] for layer, (_, doc) in found.items()}
+    A = {layer: rng.uniform(0, 1, 24) for layer in (0, 1)}
+    results = track_partitions(model, parts, A)
+    assert [(r.source_layer, r.target_layer) for r in results] == [(0, 1), (1, 2)]
+    # the same numbers as the pure function on the model's weights
+    w = layer_pair_weights(model, 1)
+    direct = interaction_mass(
+        w.down,
+        w.up_next,
+        None,
+        w.norm_scale_next,
+        A[1],
+        [c for c in parts[1] if len(c) >= 2],
+        [c for c in parts[2] if len(c) >= 2],
+    )
+    np.testing.assert_allclose(results[1].mass, direct)
+    written = write_tracking(results, tmp_path / "out", method="kmeans", meta={"note": 1})
+    doc = read_json(written["transition_L0_L1"])
+    assert doc["method"] == "kmeans" and doc["note"] == 1 and "provenance" in doc
+    assert (
+        sum(doc["counts"][k] for k in ("persistence", "split", "merge", "vanishing"))
+        == doc["tracked"]["sources"]
+    )
+    assert (tmp_path / "out" / "transitions.csv").read_text().count("kmeans") == 2
+    assert written["sankey"].stat().st_size > 1_000_000
+
+    save_partition(tmp_path / "in" / "dup.json", parts[2], method="x", params={}, layer=2)
+    with pytest.raises(DataError, match="both partitions of layer 2"):
+        load_partition_dir(tmp_path / "in")
+    with pytest.raises(DataError, match="adjacent"):
+        track_partitions(model, {0: parts[0], 2: parts[2]}, A)
+
+
+def run_cli(args: list[str]) -> None:
+    from hedonic_neurons.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code in (0, None)
+
+
+@pytest.mark.slow
+def test_cli_baseline_and_track_on_minilm(tmp_path):
+    """End to end on the built-in MiniLM: k-means partitions of layers 1-2, then `hedonic track`."""
+    from hedonic_neurons.artifacts import load_partition, read_json
+
+    parts = tmp_path / "parts"
+    for layer in (1, 2):
+        run_cli(
+            [
+                "baseline",
+                "minilm",
+                "--method",
+                "kmeans",
+                "--layer",
+                str(layer),
+                "--device",
+                "cpu",
+                "--out",
+                str(parts / f"kmeans_L{layer}.json"),
+            ]
+        )
+    doc = load_partition(parts / "kmeans_L1.json")
+    assert doc["n_neurons"] == 1536 and doc["layer"] == 1 and doc["sizes"]["count"] <= 40
+    run_cli(
+        [
+            "baseline",
+            "minilm",
+            "--method",
+            "hierarchical",
+            "--layer",
+            "2",
+            "--max-pairs",
+            "24",
+            "--device",
+            "cpu",
+            "--n-clusters",
+            "12",
+            "--out",
+            str(tmp_path / "hier.json"),
+        ]
+    )
+    assert len(load_partition(tmp_path / "hier.json")["coalitions"]) == 12
+    run_cli(
+        [
+            "track",
+            "minilm",
+            "--partitions",
+            str(parts),
+            "--out",
+            str(tmp_path / "trk"),
+            "--max-pairs",
+            "16",
+            "--device",
+            "cpu",
+        ]
+    )
+    tr = read_json(tmp_path / "trk" / "transition_L1_L2.json")
+    assert tr["activations"]["pairs"] == 16 and tr["tracked"]["sources"] == doc["sizes"]["count"]
+    assert abs(sum(tr["percent"][k] for k in ("persistence", "split", "merge", "vanishing")) - 100) < 1e-6
+    assert (tmp_path / "trk" / "sankey.html").is_file() and (tmp_path / "trk" / "transitions.md").is_file()
