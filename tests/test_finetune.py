@@ -1,0 +1,113 @@
+"""LoRA fine-tuning on tiny random models: the loss goes down, the adapter reloads and changes
+exactly the MLP of the chosen layers (and the head), the layer band follows A12."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import pytest
+import torch
+
+from hedonic_neurons.data import demo_corpus, task_targets
+from hedonic_neurons.errors import ConfigError, ModelError
+from hedonic_neurons.models.adapters import mlp_module_names
+from hedonic_neurons.models.finetune import (
+    FinetuneConfig,
+    add_lora,
+    default_layer_band,
+    parse_layers,
+    predict,
+    rm_batches,
+    rm_groups,
+    train,
+)
+from tiny import FAMILIES, tiny_model
+
+
+def encode(queries, passages, vocab=97, length=24):
+    """A tiny offline 'tokenizer': crc32 of each word, right padding with id 0."""
+    rows = []
+    for q, p in zip(queries, passages):
+        words = (q + " | " + p).lower().split()[:length]
+        rows.append([1 + zlib.crc32(w.encode()) % (vocab - 1) for w in words])
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return demo_corpus()
+
+
+def test_default_layer_band_scales_7_to_14_of_32():
+    assert default_layer_band(32) == list(range(7, 15))
+    assert default_layer_band(6) == [1, 2, 3]
+    assert default_layer_band(30) == list(range(7, 14))
+    assert default_layer_band(1) == [0]
+    assert parse_layers("1-2,4", 6) == [1, 2, 4] and parse_layers("all", 3) == [0, 1, 2]
+    with pytest.raises(ConfigError, match="layers 0..5"):
+        parse_layers("4-9", 6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_targets_only_the_mlp_of_chosen_layers(family):
+    model = tiny_model(family, layers=3)
+    peft_model = add_lora(model, [1])
+    lora = {n.split(".lora_")[0].removeprefix("base_model.model.") for n, _ in peft_model.named_parameters()
+            if "lora_" in n}  # fmt: skip
+    assert lora == set(mlp_module_names(model, [1]))
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
+    assert any("modules_to_save" in n for n in trainable)  # the head is trained too
+
+
+def test_needs_a_one_logit_classifier():
+    with pytest.raises(ModelError, match="sequence-classification model with one label"):
+        add_lora(tiny_model("llama", head="causal"), [1])
+
+
+def full_mse(model, pairs, y):
+    return float(((torch.tensor(predict(model, encode, pairs)) - torch.tensor(y)) ** 2).mean())
+
+
+def test_regression_loss_drops_and_adapter_reloads_with_exact_layers(demo, tmp_path):
+    from peft import PeftModel
+
+    pairs = demo.split_pairs("train")[:160]
+    y = task_targets(pairs, "cqtr")
+    model = add_lora(tiny_model("llama", layers=4), [1, 2], rank=4, alpha=8, dropout=0.0)
+    before = full_mse(model, pairs, y)
+    cfg = FinetuneConfig(task="cqtr", lr=2e-2, batch_size=16, epochs=4, warmup_ratio=0.0, seed=0)
+    log = train(model, encode, pairs, cfg, progress=False)
+    after = full_mse(model, pairs, y)
+    assert log["steps"] == 40 and after < 0.5 * before
+    trained_scores = predict(model, encode, pairs[:20])
+    model.save_pretrained(tmp_path / "adapter")
+
+    base = tiny_model("llama", layers=4)
+    reference = {n: p.detach().clone() for n, p in base.named_parameters()}
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    assert predict(loaded, encode, pairs[:20]) == pytest.approx(trained_scores, abs=1e-5)
+    merged = loaded.merge_and_unload()
+    changed = {n for n, p in merged.named_parameters() if not torch.equal(p, reference[n])}
+    mlp = {f"{m}.weight" for m in mlp_module_names(merged, [1, 2])}
+    assert changed == mlp | {"score.weight"}
+
+
+def test_rm_groups_positive_first_and_ranking_loss_drops(demo):
+    pairs = demo.split_pairs("train")[:400]  # 40 queries x 10 candidates
+    groups, skipped = rm_groups(pairs, demo.qrels)
+    assert len(groups) == 40 and skipped == 0
+
+    for batch in rm_batches(groups, 4, 2, random.Random(0)):
+        for g in range(0, len(batch), 4):
+            first, *rest = batch[g : g + 4]
+            assert demo.qrels[pairs[first].qid].get(pairs[first].pid, 0) > 0
+            assert all(demo.qrels[pairs[i].qid].get(pairs[i].pid, 0) == 0 for i in rest)
+    model = add_lora(tiny_model("qwen2", layers=3), [1], rank=4, alpha=8, dropout=0.0)
+    cfg = FinetuneConfig(task="rm", lr=2e-2, batch_size=16, group_size=4, epochs=6, warmup_ratio=0.0)
+    log = train(model, encode, pairs, cfg, qrels=demo.qrels, progress=False)
+    assert log["train_queries"] == 40 and log["steps"] == 60
+    assert log["loss_last_20"] < log["loss_first_20"] - 0.1
