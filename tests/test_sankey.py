@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from hedonic_neurons.report.sankey import sankey_figure, write_sankey
-from hedonic_neurons.tracking import track_layers
-from hedonic_neurons.tracking.model import layer_pair_weights
+from hedonic_neurons.tracking.run import track_partitions
 from tiny import tiny_model
 
 # Coalitions per layer: layer 0 has 6 tracked (+1 singleton), layer 1 has 4, layer 2 has 7 (+1 singleton).
@@ -31,23 +30,8 @@ def results():
     for layer, sizes in SIZES.items():
         perm = rng.permutation(24)
         parts[layer] = [perm[a:b].tolist() for a, b in zip(np.cumsum([0, *sizes[:-1]]), np.cumsum(sizes))]
-    out = []
-    for layer in (0, 1):
-        w = layer_pair_weights(model, layer)
-        A = rng.uniform(0.1, 1.0, size=24)
-        out.append(
-            track_layers(
-                w.down,
-                w.up_next,
-                w.gate_next,
-                w.norm_scale_next,
-                A,
-                parts[layer],
-                parts[layer + 1],
-                layer=layer,
-            )
-        )
-    return out
+    A = {layer: rng.uniform(0.1, 1.0, size=24) for layer in (0, 1)}
+    return track_partitions(model, parts, A)
 
 
 def test_figure_nodes_links_and_hover(results):
