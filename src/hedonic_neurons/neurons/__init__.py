@@ -1,0 +1,26 @@
+"""Neurons: recording at the neuron site, streaming statistics, ablation and the readout.
+
+A neuron is one unit of the input to an MLP's down projection (method A1). See
+:mod:`~hedonic_neurons.neurons.recording`, :mod:`~hedonic_neurons.neurons.stats`,
+:mod:`~hedonic_neurons.neurons.readout` and :mod:`~hedonic_neurons.neurons.ablation`.
+"""
+
+from hedonic_neurons.neurons.ablation import ablation_logits, set_masks
+from hedonic_neurons.neurons.readout import LocalHead, SiteCapture, capture_site, full_logits, local_head
+from hedonic_neurons.neurons.recording import Recorder, model_inputs, readout_positions, record
+from hedonic_neurons.neurons.stats import Moments
+
+__all__ = [
+    "LocalHead",
+    "Moments",
+    "Recorder",
+    "SiteCapture",
+    "ablation_logits",
+    "capture_site",
+    "full_logits",
+    "local_head",
+    "model_inputs",
+    "readout_positions",
+    "record",
+    "set_masks",
+]

@@ -1,0 +1,177 @@
+"""Ablation (A2): batched ablation equals weight surgery (foundation issue item 4)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hedonic_neurons.errors import ModelError
+from hedonic_neurons.models.adapters import MLPWeights, get_spec, mlp_modules, mlp_weights
+from hedonic_neurons.neurons import ablation_logits, capture_site, full_logits, local_head
+from test_recording import PAIRS, hook_count, lively_model, lora_merged, minilm, pad_batch, sequences
+from tiny import FAMILIES, tiny_model
+
+LAYER = 1
+SETS = [[], [3], [5], [3, 5], [0, 23], [2, 7, 11, 19], list(range(0, 24, 2))]
+
+
+def surgery(
+    model: nn.Module,
+    layer: int,
+    members: list[int],
+    mode: str,
+    reference: MLPWeights | None = None,
+    means: torch.Tensor | None = None,
+) -> nn.Module:
+    """A copy of ``model`` with the neurons' weights changed by hand (no hooks)."""
+    model = copy.deepcopy(model)
+    w = mlp_weights(model, layer)  # views of the copy's parameters
+    with torch.no_grad():
+        for i in members:
+            if mode == "reference":
+                w.up[i] = reference.up[i]
+                w.down[:, i] = reference.down[:, i]
+                if w.gate is not None:
+                    w.gate[i] = reference.gate[i]
+                for name in ("up_bias", "gate_bias"):
+                    if getattr(w, name) is not None:
+                        getattr(w, name)[i] = getattr(reference, name)[i]
+            else:  # zero / mean: the neuron no longer writes; its mean output moves into the bias
+                column = w.down[:, i].clone()
+                w.down[:, i] = 0
+                if mode == "mean":
+                    _down_bias(model, layer).add_(means[i] * column)
+    return model
+
+
+def _down_bias(model: nn.Module, layer: int) -> torch.Tensor:
+    """The down projection's bias, adding a zero bias to a bias-free Linear first."""
+    down = mlp_modules(model, layer).down
+    if down.bias is None:
+        down.bias = nn.Parameter(torch.zeros(down.weight.shape[0]))
+    return down.bias
+
+
+def logits_of(model: nn.Module, batch: dict, readout: str, layer: int = LAYER) -> torch.Tensor:
+    if readout == "full":
+        return full_logits(model, batch)
+    with torch.no_grad():
+        return local_head(model, layer)(capture_site(model, batch, layer).resid)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reference_ablation_equals_weight_surgery(family):
+    """Reverting neuron sets to the base weights through the library = overwriting their rows and
+    columns in a copy of the merged LoRA model (full and local readout, empty set included)."""
+    base = lively_model(family)
+    peft_model, merged = lora_merged(base)
+    reference = mlp_weights(base, LAYER)
+    batch = pad_batch(sequences(seed=7), "right")
+    for readout in ("full", "local"):
+        got = ablation_logits(merged, batch, LAYER, SETS, reference=reference, readout=readout)
+        expected = torch.stack(
+            [logits_of(surgery(merged, LAYER, s, "reference", reference), batch, readout) for s in SETS]
+        )
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        # the sets matter: reverting changes the logit
+        assert (got[1:] - got[0]).abs().max() > 1e-3
+        # on the unmerged peft model too
+        got_peft = ablation_logits(peft_model, batch, LAYER, SETS, reference=reference, readout=readout)
+        torch.testing.assert_close(got_peft, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], logits_of(merged, batch, "local"), atol=1e-6, rtol=1e-6)
+    assert hook_count(merged) == 0 and hook_count(peft_model) == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_zero_and_mean_ablation_equal_surgery(family, mode):
+    """Zero ablation = the down column zeroed; mean ablation = zeroed column with m_i W_i moved into
+    the down bias (a hook-free model computing the same thing)."""
+    model = lively_model(family)
+    means = torch.randn(24, generator=torch.Generator().manual_seed(0))
+    batch = pad_batch(sequences(seed=8), "left" if family != "bert" else "right")
+    for readout in ("full", "local"):
+        got = ablation_logits(model, batch, LAYER, SETS, mode=mode, means=means, readout=readout)
+        expected = torch.stack(
+            [logits_of(surgery(model, LAYER, s, mode, means=means), batch, readout) for s in SETS]
+        )
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert (got[1:] - got[0]).abs().max() > 1e-4
+
+
+def test_chunks_masks_and_ablation_at_last_layer():
+    """max_batch chunking and bool masks give the same logits; a local readout at the last layer
+    is the full readout; an empty list of sets gives an empty result."""
+    base = tiny_model("qwen2")
+    _, merged = lora_merged(base)
+    reference = mlp_weights(base, 2)
+    batch = pad_batch(sequences(seed=9), "left")
+    one_pass = ablation_logits(merged, batch, 2, SETS, reference=reference)
+    masks = torch.zeros(len(SETS), 24, dtype=torch.bool)
+    for row, members in enumerate(SETS):
+        masks[row, members] = True
+    chunked = ablation_logits(merged, batch, 2, masks, reference=reference, max_batch=7)
+    torch.testing.assert_close(chunked, one_pass, atol=1e-6, rtol=1e-6)
+    local = ablation_logits(merged, batch, 2, SETS, reference=reference, readout="local")
+    torch.testing.assert_close(local, one_pass, atol=1e-6, rtol=1e-6)
+    assert ablation_logits(merged, batch, 2, [], reference=reference).shape == (0, 3)
+
+
+def test_batched_ablation_equals_unbatched():
+    """Ablating in a padded batch gives, per input, what the input alone gives."""
+    base = tiny_model("gpt_neox")
+    _, merged = lora_merged(base)
+    reference = mlp_weights(base, LAYER)
+    seqs = sequences(seed=10)
+    for side in ("left", "right"):
+        batched = ablation_logits(merged, pad_batch(seqs, side), LAYER, SETS, reference=reference)
+        for row, seq in enumerate(seqs):
+            alone = ablation_logits(merged, pad_batch([seq]), LAYER, SETS, reference=reference)
+            torch.testing.assert_close(batched[:, row], alone[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_ablation_errors_leave_no_hooks():
+    model = tiny_model("llama")
+    batch = pad_batch(sequences(), "right")
+    with pytest.raises(ModelError, match="needs the layer's reference"):
+        ablation_logits(model, batch, 1, [[1]])
+    with pytest.raises(ModelError, match=r"needs means of shape \(24,\)"):
+        ablation_logits(model, batch, 1, [[1]], mode="mean", means=torch.zeros(3))
+    with pytest.raises(ModelError, match="outside 0..23"):
+        ablation_logits(model, batch, 1, [[1, 24]], mode="zero")
+    with pytest.raises(ModelError, match="unknown ablation mode 'revert'"):
+        ablation_logits(model, batch, 1, [[1]], mode="revert")
+    with pytest.raises(ModelError, match="unknown readout"):
+        ablation_logits(model, batch, 1, [[1]], mode="zero", readout="final")
+    with pytest.raises(ModelError, match="12 neurons"):
+        ablation_logits(model, batch, 1, [[1]], reference=mlp_weights(tiny_model("llama", n=12), 1))
+
+    def boom(module, args):
+        raise RuntimeError("boom")
+
+    handle = mlp_modules(model, 2).block.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            ablation_logits(model, batch, 1, [[1], [2]], reference=mlp_weights(model, 1))
+        assert hook_count(model) == 1
+    finally:
+        handle.remove()
+    assert hook_count(model) == 0
+
+
+@pytest.mark.slow
+def test_minilm_reference_ablation_equals_surgery():
+    """MiniLM with a random LoRA on its MLPs: library reversion = weight surgery, at layer 3."""
+    base, tokenizer = minilm()
+    assert get_spec(base).family == "bert"
+    _, merged = lora_merged(base)
+    reference = mlp_weights(base, 3)
+    batch = dict(tokenizer(PAIRS, padding=True, return_tensors="pt"))
+    sets = [[], [10], [700], [10, 700], list(range(0, 1536, 7))]
+    got = ablation_logits(merged, batch, 3, sets, reference=reference)
+    expected = torch.stack([full_logits(surgery(merged, 3, s, "reference", reference), batch) for s in sets])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got[1:] - got[0]).abs().max() > 1e-4
