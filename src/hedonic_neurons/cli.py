@@ -38,12 +38,15 @@ def version() -> None:
 from hedonic_neurons.game import cli as _game_cli  # noqa: E402
 
 _game_cli.register(app)
-from hedonic_neurons.tracking import cli as _tracking_cli  # noqa: E402
+from hedonic_neurons.models import cli as _models_cli  # noqa: E402
 
-_tracking_cli.register(app)
+_models_cli.register(app)
 from hedonic_neurons.models import finetune as _finetune  # noqa: E402
 
 _finetune.register(app)
+from hedonic_neurons.tracking import cli as _tracking_cli  # noqa: E402
+
+_tracking_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,52 @@
+"""Models: architecture adapters (the neuron site), loading (transformers + peft), input format.
+
+:func:`load_model` -> :class:`NeuronModel` (model, tokenizer, reference MLP weights, input format);
+:class:`InputFormat` is the one place model inputs are formatted; the adapter functions locate
+each family's MLP modules (see :mod:`hedonic_neurons.models.adapters`).
+
+Names are imported on first use, so ``import hedonic_neurons.models.cli`` (and ``hedonic --help``)
+does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "hedonic_neurons.models.adapters": (
+        "ARCHITECTURES",
+        "ArchSpec",
+        "MLPModules",
+        "MLPWeights",
+        "block",
+        "body",
+        "check_layer",
+        "final_norm",
+        "get_spec",
+        "linear_weight",
+        "mlp_module_names",
+        "mlp_modules",
+        "mlp_weights",
+        "n_layers",
+        "n_neurons",
+        "supported_model_types",
+    ),
+    "hedonic_neurons.models.inputs": ("InputFormat",),
+    "hedonic_neurons.models.loading": ("BUILTINS", "HEAD_SEED", "NeuronModel", "load_model"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hedonic_neurons.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -45,7 +45,11 @@ class ArchSpec:
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
-        """Leaf module names of the MLP, as peft ``target_modules`` (LoRA on the MLP only, A12)."""
+        """Leaf module names of the MLP projections.
+
+        As peft ``target_modules`` these also match attention modules of the same leaf name in
+        BERT (``dense``) and GPT-2 (``c_proj``); use :func:`mlp_module_names` for MLP-only LoRA.
+        """
         names = [self.up, self.down] + ([self.gate] if self.gate else [])
         return tuple(sorted(p.rsplit(".", 1)[-1] for p in names))
 
@@ -189,6 +193,26 @@ def mlp_modules(model: nn.Module, layer: int) -> MLPModules:
         mlp_norm=_get(blk, spec.mlp_norm) if spec.mlp_norm else None,
         post_norm=_get(blk, spec.post_norm) if spec.post_norm else None,
     )
+
+
+def mlp_module_names(model: nn.Module, layers: Any = None) -> dict[str, tuple[int, str]]:
+    """Full names (as in ``model.named_modules()``) of the MLP projections -> (layer, role).
+
+    ``role`` is "up", "gate" or "down". ``layers``: an iterable of layer indices (default: all).
+    The names are exact module paths, so ``list(mlp_module_names(model, layers))`` is a peft
+    ``target_modules`` that puts LoRA on the MLP only: leaf names such as BERT's ``dense`` or
+    GPT-2's ``c_proj`` would also match attention modules.
+    """
+    names = {id(mod): name for name, mod in model.named_modules()}
+    chosen = range(n_layers(model)) if layers is None else [check_layer(model, layer) for layer in layers]
+    out: dict[str, tuple[int, str]] = {}
+    for layer in chosen:
+        mods = mlp_modules(model, layer)
+        for role in ("up", "gate", "down"):
+            module = getattr(mods, role)
+            if module is not None:
+                out[names[id(module)]] = (layer, role)
+    return out
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:

@@ -1,0 +1,116 @@
+"""``hedonic inspect``: what a model is, where its neurons are, and where fine-tuning acted."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from hedonic_neurons.errors import ConfigError
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``"0,2-4"`` -> [0, 2, 3, 4]; None -> None (all layers). Negative single indices allowed."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if re.fullmatch(r"-?\d+", part):
+            out.append(int(part))
+        elif m := re.fullmatch(r"(\d+)-(\d+)", part):
+            out.extend(range(int(m.group(1)), int(m.group(2)) + 1))
+        else:
+            raise ConfigError(
+                f"--layers {text!r}: expected comma-separated layer indices or ranges, e.g. 0,2-4"
+            )
+    return out
+
+
+def inspect_summary(nm: Any, layers: list[int] | None = None) -> dict[str, Any]:
+    """Everything ``hedonic inspect`` shows, as a JSON-safe dict."""
+    layers = None if layers is None else [nm.check_layer(layer) for layer in layers]
+    info = nm.describe()
+    info["weight_change"] = nm.weight_change(layers) if nm.has_reference else None
+    return info
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def format_summary(info: dict[str, Any]) -> str:
+    """The compact text report of :func:`inspect_summary`."""
+    fmt = info["input_format"]
+    if fmt["kind"] == "pair":
+        inputs = "tokenizer pair encoding (query, passage)"
+    else:
+        inputs = repr(fmt["template"]) + (" + EOS" if fmt["append_eos"] else "")
+    lines = [
+        f"model          {info['model']}  ({info['model_path']})",
+        f"architecture   {info['family']} (model_type {info['model_type']}), head {info['head']}",
+        f"layers         {info['n_layers']}",
+        f"neurons        {info['n_neurons']:,} per layer (d_model {info['d_model']})",
+        f"input          {inputs}; max_length {fmt['max_length']}, padding {fmt['padding_side']}",
+        f"dtype/device   {info['dtype']} on {info['device']}",
+    ]
+    if info.get("score_token_id") is not None:
+        lines.append(f"score token    id {info['score_token_id']} (the causal head's scalar is its logit)")
+    lora = info.get("lora")
+    if lora:
+        lines.append(f"adapter        {info['adapter']}  (sha256 {info['adapter_sha256'][:12]})")
+        targets = lora["target_modules"]
+        targets = ", ".join(targets) if isinstance(targets, list) else str(targets)
+        lines.append(
+            f"LoRA           target modules {targets}; rank {lora['rank']}, alpha {lora['alpha']}; "
+            f"MLP layers adapted: {', '.join(map(str, lora['layers'])) or 'none'}"
+            + ("" if lora["head_from_adapter"] else "; no trained head in the adapter")
+        )
+    elif info.get("reference"):
+        lines.append(f"reference      {info['reference']} (two full checkpoints)")
+    rows = info.get("weight_change")
+    if rows is None:
+        lines.append("weight change  - (no adapter or reference given)")
+        return "\n".join(lines)
+    lines.append("")
+    lines.append("Frobenius norm of the MLP weight change (fine-tuned - reference)")
+    lines.append(f"{'layer':>5}  {'gate':>10}  {'up':>10}  {'down':>10}  {'total':>10}  {'relative':>10}")
+    for row in rows:
+        lines.append(
+            f"{row['layer']:>5}  {_fmt(row['gate']):>10}  {_fmt(row['up']):>10}  {_fmt(row['down']):>10}  "
+            f"{_fmt(row['total']):>10}  {_fmt(row['relative']):>10}"
+        )
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    """Register ``hedonic inspect`` on the main app."""
+
+    @app.command("inspect")
+    def inspect(
+        model: str = typer.Argument(..., help="minilm, smollm2, a local model folder or a hub id"),
+        adapter: Path | None = typer.Option(None, "--adapter", help="a peft LoRA adapter folder"),
+        reference: str | None = typer.Option(
+            None, "--reference", help="the pre-fine-tuning checkpoint (two full checkpoints)"
+        ),
+        head: str = typer.Option("classification", "--head", help="classification or causal"),
+        layers: str | None = typer.Option(None, "--layers", help="only these layers, e.g. 0,2-4"),
+        dtype: str | None = typer.Option(None, "--dtype", help="float32 (default), bfloat16, float16"),
+        device: str | None = typer.Option(None, "--device", help="auto (default), cpu, cuda, cuda:N"),
+        json_path: Path | None = typer.Option(None, "--json", help="also write the report as JSON here"),
+    ) -> None:
+        """Show architecture, neurons per layer, LoRA targets and the per-layer weight change.
+
+        The weight change is the Frobenius norm of (fine-tuned - reference) MLP weights per layer,
+        so you see where fine-tuning acted.
+        """
+        from hedonic_neurons.artifacts import provenance, write_json
+        from hedonic_neurons.models.loading import load_model
+
+        nm = load_model(model, adapter=adapter, reference=reference, head=head, dtype=dtype, device=device)
+        info = inspect_summary(nm, parse_layers(layers))
+        typer.echo(format_summary(info))
+        if json_path is not None:
+            write_json(json_path, {"provenance": provenance(command="inspect", model=nm.identity), **info})
+            typer.echo(f"wrote {json_path}")
