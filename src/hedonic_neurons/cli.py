@@ -47,6 +47,9 @@ _finetune.register(app)
 from hedonic_neurons.tracking import cli as _tracking_cli  # noqa: E402
 
 _tracking_cli.register(app)
+from hedonic_neurons.synergy import cli as _synergy_cli  # noqa: E402
+
+_synergy_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
