@@ -1,0 +1,30 @@
+"""The hedonic game on neurons: MFC utility, Top Covering (exact and PAC), stability checks.
+
+numpy in, numpy out. Public API:
+
+* :class:`PACTopCover` (method A8) and :class:`TopCover` (A9): estimators with ``fit(phi)``,
+  ``coalitions_``, ``labels_``, ``n_rounds_``, ``diagnostics_``;
+* :func:`certify` (A10): blocking rate of any partition with a Clopper-Pearson bound;
+* :func:`is_core_stable`: brute-force core check for n <= 12;
+* :func:`choice_sets`, :func:`utility`, :func:`prefers`: the MFC utility (A7);
+* :func:`sink_sccs`: sink strongly connected components of a digraph.
+"""
+
+from hedonic_neurons.game.certify import Certificate, certify, clopper_pearson_upper, is_core_stable
+from hedonic_neurons.game.digraph import sink_sccs
+from hedonic_neurons.game.solvers import PACTopCover, TopCover, pac_budget
+from hedonic_neurons.game.utility import choice_sets, prefers, utility
+
+__all__ = [
+    "Certificate",
+    "PACTopCover",
+    "TopCover",
+    "certify",
+    "choice_sets",
+    "clopper_pearson_upper",
+    "is_core_stable",
+    "pac_budget",
+    "prefers",
+    "sink_sccs",
+    "utility",
+]

@@ -1,9 +1,152 @@
-"""``hedonic solve``: partition one layer's phi into coalitions."""
+"""``hedonic solve``: partition one layer's phi into coalitions.
+
+The command only loads phi, runs :mod:`hedonic_neurons.game` and writes the partition file
+(``artifacts.save_partition``) with the stability certificate under both distributions.
+"""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
+def solve_phi(
+    phi_path: Path,
+    out: Path,
+    *,
+    k: int = 2,
+    epsilon: float = 0.05,
+    delta: float = 0.05,
+    n_samples: int | None = None,
+    exact: bool = False,
+    seed: int = 0,
+    certify_samples: int = 100_000,
+    min_size: int = 2,
+    max_size: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Solve the game on a phi file, certify the partition, write ``out``; returns a summary."""
+    import numpy as np
+
+    from hedonic_neurons.artifacts import load_phi, read_json, save_partition, size_summary
+    from hedonic_neurons.game import PACTopCover, TopCover, certify
+    from hedonic_neurons.game.solvers import check_count
+
+    check_count("certify_samples", certify_samples)  # fail before the solve, not after
+    phi = load_phi(phi_path)
+    sidecar_path = Path(phi_path).with_suffix(".json")
+    sidecar = read_json(sidecar_path) if sidecar_path.is_file() else None
+    if exact:
+        est: Any = TopCover(k, progress=progress)
+    else:
+        est = PACTopCover(
+            k, epsilon, delta, n_samples, min_size, max_size, random_state=seed, progress=progress
+        )
+    t0 = time.perf_counter()
+    est.fit(phi)
+    seconds = time.perf_counter() - t0
+    certificates = {
+        dist: certify(
+            phi,
+            est.coalitions_,
+            k=k,
+            n_samples=certify_samples,
+            distribution=dist,
+            min_size=min_size,
+            max_size=max_size,
+            delta=delta,
+            random_state=np.random.default_rng([seed, i]),
+        ).to_dict()
+        for i, dist in enumerate(("uniform", "phi"), start=1)
+    }
+    params = {
+        "solver": type(est).__name__,
+        "k": k,
+        "epsilon": epsilon,
+        "delta": delta,
+        "n_samples": n_samples,
+        "min_size": min_size,
+        "max_size": max_size,
+        "seed": seed,
+        "certify_samples": certify_samples,
+        "phi": str(phi_path),
+    }
+    diagnostics = {
+        "seconds": seconds,
+        "n_rounds": est.n_rounds_,
+        "n_samples": getattr(est, "n_samples_", None),
+        "rounds": est.diagnostics_,
+    }
+    extra: dict[str, Any] = {"certificate": certificates, "diagnostics": diagnostics}
+    if sidecar is not None:
+        extra["phi_metadata"] = sidecar
+    layer = sidecar.get("layer") if isinstance(sidecar, dict) else None
+    save_partition(
+        out,
+        est.coalitions_,
+        method="hedonic-exact" if exact else "hedonic-pac",
+        params=params,
+        layer=layer,
+        extra=extra,
+    )
+    return {"sizes": size_summary(est.coalitions_), "certificate": certificates, "seconds": seconds}
+
+
+def _certificate_line(cert: dict[str, Any]) -> str:
+    return (
+        f"certificate ({cert['distribution']}): {cert['n_blocking']:,} of {cert['n_samples']:,} sampled "
+        f"coalitions block, rate {cert['rate']:.3g}, upper bound {cert['upper_bound']:.3g} at "
+        f"{cert['confidence']:.0%} confidence"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Register this stage's commands on the main app (filled in by the game stage)."""
+    """Register ``hedonic solve`` on the main app."""
+
+    @app.command("solve")
+    def solve(
+        phi: Path = typer.Argument(..., help="a phi_layer{L}.safetensors file (tensor 'phi')"),
+        out: Path = typer.Option(..., "--out", help="partition JSON to write"),
+        k: int = typer.Option(2, "--k", help="choice-set size of the MFC utility"),
+        epsilon: float = typer.Option(0.05, "--epsilon", help="PAC accuracy (sets the sample budget)"),
+        delta: float = typer.Option(0.05, "--delta", help="PAC / certificate confidence parameter"),
+        n_samples: int | None = typer.Option(
+            None,
+            "--n-samples",
+            help="samples per re-estimated neuron and round (default: from epsilon, delta)",
+        ),
+        exact: bool = typer.Option(False, "--exact", help="exact Top Covering instead of PAC sampling"),
+        seed: int = typer.Option(0, "--seed", help="random_state of the solver and the certificates"),
+        certify_samples: int = typer.Option(
+            100_000, "--certify-samples", help="coalitions drawn for each certificate"
+        ),
+        min_size: int = typer.Option(2, "--min-size", help="smallest sampled coalition"),
+        max_size: int = typer.Option(10, "--max-size", help="largest sampled coalition"),
+    ) -> None:
+        """Partition a layer's neurons into coalitions (PAC or exact Top Covering) and certify it."""
+        res = solve_phi(
+            phi,
+            out,
+            k=k,
+            epsilon=epsilon,
+            delta=delta,
+            n_samples=n_samples,
+            exact=exact,
+            seed=seed,
+            certify_samples=certify_samples,
+            min_size=min_size,
+            max_size=max_size,
+        )
+        s = res["sizes"]
+        typer.echo(
+            f"{s['count']:,} coalitions of {s['neurons']:,} neurons in {res['seconds']:.1f} s: largest "
+            f"{s['largest']:,}, singletons {s['singletons']:,}, median {s['median']:g}, "
+            f"p90 {s['p90']:g}, p99 {s['p99']:g}"
+        )
+        typer.echo("sizes: " + ", ".join(f"{b}: {c}" for b, c in s["histogram"].items()))
+        for cert in res["certificate"].values():
+            typer.echo(_certificate_line(cert))
+        typer.echo(f"wrote {out}")
