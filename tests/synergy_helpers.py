@@ -133,3 +133,34 @@ def residual_at(model, batch, layer) -> torch.Tensor:
         handle.remove()
     pos = readout_positions(model, batch["attention_mask"])
     return store["r"][torch.arange(len(pos)), pos]
+
+
+def save_scaled_tiny(folder, family: str, *, nan_layer: int | None = None, **kw):
+    """A scaled tiny model plus an offline word-level tokenizer, saved to ``folder`` (optionally with
+    a NaN in the up projection of ``nan_layer``)."""
+    from test_loading import tiny_tokenizer
+
+    model = scaled_tiny(family, **kw)
+    if nan_layer is not None:
+        with torch.no_grad():
+            mlp_modules(model, nan_layer).up.weight[0, 0] = float("nan")
+    model.save_pretrained(folder)
+    tiny_tokenizer(family).save_pretrained(folder)
+    return folder
+
+
+def write_pairs(path, rows: int = 11, *, seed: int = 0):
+    """A top1000-style TSV (qid, pid, query, passage) of random sentences over the tiny vocabulary."""
+    import random
+
+    from test_loading import WORDS
+
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    lines = []
+    for k in range(rows):
+        query = " ".join(rng.choices(words, k=rng.randint(2, 5)))
+        passage = " ".join(rng.choices(words, k=rng.randint(3, 14)))
+        lines.append(f"q{k // 3}\tp{k}\t{query}\t{passage}")
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -140,7 +140,7 @@ def _check_finite(tensor: torch.Tensor, what: str, layer: int, batch: int) -> No
         bad = int((~torch.isfinite(tensor)).sum())
         raise DataError(
             f"non-finite {what} at layer {layer} in batch {batch} ({bad} values NaN/inf); "
-            "expected finite activations (try --dtype float32 or check the model weights)"
+            "expected finite values (check the model weights; in half precision try --dtype float32)"
         )
 
 
