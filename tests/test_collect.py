@@ -8,8 +8,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from synergy_helpers import one_thread, save_scaled_tiny, write_pairs
-from test_loading import make_adapter
 
 from hedonic_neurons.artifacts import load_phi
 from hedonic_neurons.cli import main
@@ -18,6 +16,8 @@ from hedonic_neurons.errors import ConfigError
 from hedonic_neurons.models import load_model
 from hedonic_neurons.synergy.collect import CollectSettings, collect, phi_path, sample_pairs
 from hedonic_neurons.synergy.pas import PAS_SIGN
+from synergy_helpers import one_thread, save_scaled_tiny, write_pairs
+from test_loading import make_adapter
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-from synergy_helpers import save_scaled_tiny, write_pairs
-from test_loading import make_adapter
 
 from hedonic_neurons.artifacts import load_phi
 from hedonic_neurons.data import load_pairs
 from hedonic_neurons.models import load_model
 from hedonic_neurons.synergy.collect import CollectSettings, collect, phi_path
+from synergy_helpers import save_scaled_tiny, write_pairs
+from test_loading import make_adapter
 
 
 def _run(prefix, base, adapter, data, out, metric):
