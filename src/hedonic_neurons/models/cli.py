@@ -61,7 +61,8 @@ def format_summary(info: dict[str, Any]) -> str:
     if lora:
         lines.append(f"adapter        {info['adapter']}  (sha256 {info['adapter_sha256'][:12]})")
         targets = lora["target_modules"]
-        targets = ", ".join(targets) if isinstance(targets, list) else str(targets)
+        if isinstance(targets, list):  # exact module paths: show them once, relative to a layer
+            targets = ", ".join(dict.fromkeys(re.sub(r"^.*?\.\d+\.", "", t) for t in targets))
         lines.append(
             f"LoRA           target modules {targets}; rank {lora['rank']}, alpha {lora['alpha']}; "
             f"MLP layers adapted: {', '.join(map(str, lora['layers'])) or 'none'}"
