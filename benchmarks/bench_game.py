@@ -46,10 +46,10 @@ def random_phi(n: int, seed: int):
     return phi
 
 
-def child(solver: str, n: int, k: int, epsilon: float, delta: float, seed: int) -> None:
-    """Run one solver and print one JSON line with its measurements."""
+def child(solver: str, n: int, k: int, epsilon: float, delta: float, seed: int, certify_samples: int) -> None:
+    """Run one solver (then, if asked, certify its partition); print one JSON line."""
     from hedonic_neurons.artifacts import size_summary
-    from hedonic_neurons.game import PACTopCover, TopCover
+    from hedonic_neurons.game import PACTopCover, TopCover, certify
 
     base = _peak_bytes()
     phi = random_phi(n, seed)
@@ -76,6 +76,22 @@ def child(solver: str, n: int, k: int, epsilon: float, delta: float, seed: int) 
         "median": sizes["median"],
         "p99": sizes["p99"],
     }
+    if certify_samples:
+        import scipy.stats  # noqa: F401  (its first import takes seconds; keep it out of the timing)
+
+        for dist in ("uniform", "phi"):
+            t0 = time.perf_counter()
+            cert = certify(
+                phi,
+                est.coalitions_,
+                k=k,
+                n_samples=certify_samples,
+                distribution=dist,
+                delta=delta,
+                random_state=seed,
+            )
+            out[f"certify_{dist}"] = {"seconds": time.perf_counter() - t0, **cert.to_dict()}
+        out["peak_after_certify"] = _peak_bytes()
     print(json.dumps(out))
 
 
@@ -87,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--solvers", default="pac,exact", help="comma list of pac, exact")
+    ap.add_argument(
+        "--certify-samples", type=int, default=0, help="also time certify() on each partition (0: skip)"
+    )
     ap.add_argument("--child", choices=["pac", "exact"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child, args.n, args.k, args.epsilon, args.delta, args.seed)
+        child(args.child, args.n, args.k, args.epsilon, args.delta, args.seed, args.certify_samples)
         return 0
     print(
         f"random symmetric phi (float32, N(0,1) entries), n = {args.n:,}, k = {args.k}, "
@@ -100,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for solver in args.solvers.split(","):
         cmd = [sys.executable, __file__, "--child", solver, "--n", str(args.n), "--k", str(args.k)]
         cmd += ["--epsilon", str(args.epsilon), "--delta", str(args.delta), "--seed", str(args.seed)]
+        cmd += ["--certify-samples", str(args.certify_samples)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             print(f"{solver}: failed\n{res.stderr}")
@@ -115,12 +135,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['solver']:>12}: fit {r['seconds']:6.2f} s (target <= {TARGET_SECONDS[solver]:.0f} s: "
             f"{'ok' if t_ok else 'MISSED'}), peak RSS {r['peak_bytes'] / 2**20:7.0f} MiB = "
             f"{ratio:.2f} x phi ({r['phi_bytes'] / 2**20:.0f} MiB; target <= {TARGET_MEMORY_RATIO:.0f}: "
-            f"{'ok' if m_ok else 'MISSED'}); peak before fit {r['peak_before_fit'] / 2**20:.0f} MiB"
+            f"{'ok' if m_ok else 'MISSED'}); before fit {r['peak_before_fit'] / 2**20:.0f} MiB, so fit adds "
+            f"{(r['peak_bytes'] - r['peak_before_fit']) / r['phi_bytes']:.2f} x phi"
         )
         print(
             f"{'':>14}{r['rounds']} rounds{samples}; {r['coalitions']:,} coalitions, largest "
             f"{r['largest']:,}, singletons {r['singletons']:,}, median {r['median']:g}, p99 {r['p99']:g}"
         )
+        for dist in ("uniform", "phi"):
+            c = r.get(f"certify_{dist}")
+            if c:
+                print(
+                    f"{'':>14}certify({dist}, {c['n_samples']:,} samples): {c['seconds']:.2f} s, "
+                    f"{c['n_blocking']} blocking, rate {c['rate']:.3g}, upper bound {c['upper_bound']:.3g}"
+                )
+        if "peak_after_certify" in r:
+            print(f"{'':>14}peak RSS after certify {r['peak_after_certify'] / r['phi_bytes']:.2f} x phi")
     return 0 if ok else 1
 
 

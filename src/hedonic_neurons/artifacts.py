@@ -112,13 +112,35 @@ def _row_blocks(n: int, rows_per_block: int) -> list[slice]:
     return [slice(a, min(a + rows_per_block, n)) for a in range(0, n, rows_per_block)]
 
 
+def _upper_tiles(n: int, tile: int = 256) -> list[tuple[slice, slice]]:
+    """Square tiles (I, J) with J >= I covering every pair i <= j: a tile and its mirror fit in
+    cache, so comparing ``arr[I, J]`` with ``arr[J, I].T`` does not stride across rows."""
+    blocks = _row_blocks(n, tile)
+    return [(bi, bj) for x, bi in enumerate(blocks) for bj in blocks[x:]]
+
+
+def _raise_non_finite(arr: np.ndarray, name: str) -> None:
+    total, first = 0, None
+    for blk in _row_blocks(arr.shape[0], max(1, (1 << 21) // arr.shape[0])):
+        bad = ~np.isfinite(arr[blk])
+        total += int(bad.sum())
+        if first is None and bad.any():
+            i, j = map(int, np.argwhere(bad)[0])
+            first = (i + blk.start, j)
+    i, j = first  # type: ignore[misc]
+    raise PhiError(
+        f"{name} has {total} non-finite entries (first at [{i}, {j}] = {arr[i, j]}); "
+        "expected every entry finite"
+    )
+
+
 def validate_phi(phi: Any, *, name: str = "phi", atol: float = 1e-5) -> np.ndarray:
     """The one validator every phi passes through.
 
     Checks that ``phi`` is a square, non-empty, finite, symmetric (to ``atol`` relative to its
     largest entry) 2-d matrix and returns it with a zero diagonal (the diagonal is not used by
     any stage). float32 input stays float32 and float64 stays float64 (anything else becomes
-    float64). Memory: the checks run over blocks of rows (no n x n temporaries), and the input
+    float64). Memory: one pass over 256 x 256 tiles (no n x n temporaries), and the input
     is returned as is, without a copy, when it is already C-contiguous, exactly symmetric and
     zero on the diagonal; otherwise a symmetrised ``0.5 * (phi + phi.T)`` copy with the diagonal
     set to zero is returned (the caller's array is never modified).
@@ -132,32 +154,24 @@ def validate_phi(phi: Any, *, name: str = "phi", atol: float = 1e-5) -> np.ndarr
     if n == 0:
         raise PhiError(f"{name} is empty (0 x 0); expected at least one neuron")
     arr = np.ascontiguousarray(arr)
-    blocks = _row_blocks(n, max(1, (1 << 21) // n))
-    scale = 0.0
-    for blk in blocks:  # finite entries and the largest magnitude (no temporaries)
-        x = arr[blk]
-        hi, lo = float(x.max()), float(x.min())
+    tiles = _upper_tiles(n)
+    buf = np.empty(min(n, 256) ** 2, dtype=arr.dtype)
+    scale, worst, where = 0.0, 0.0, (0, 0)
+    for bi, bj in tiles:  # one pass: finiteness, largest magnitude, largest asymmetry
+        upper, lower = arr[bi, bj], arr[bj, bi]
+        hi = max(float(upper.max()), float(lower.max()))
+        lo = min(float(upper.min()), float(lower.min()))
         if not (np.isfinite(hi) and np.isfinite(lo)):
-            bad = ~np.isfinite(x)
-            i, j = map(int, np.argwhere(bad)[0])
-            total = sum(int((~np.isfinite(arr[b])).sum()) for b in blocks)
-            raise PhiError(
-                f"{name} has {total} non-finite entries (first at [{i + blk.start}, {j}] = "
-                f"{arr[i + blk.start, j]}); expected every entry finite"
-            )
+            _raise_non_finite(arr, name)
         scale = max(scale, hi, -lo)
-    scale = max(scale, 1e-30)
-    worst, where = 0.0, (0, 0)
-    buf = np.empty(blocks[0].stop * n, dtype=arr.dtype)
-    for blk in blocks:  # pairs (i, j) with i in the block and j >= the block's first row
-        a = blk.start
-        diff = buf[: (blk.stop - a) * (n - a)].reshape(blk.stop - a, n - a)
-        np.subtract(arr[blk, a:], arr[a:, blk].T, out=diff)
+        diff = buf[: upper.size].reshape(upper.shape)
+        np.subtract(upper, lower.T, out=diff)
         np.abs(diff, out=diff)
         flat = int(diff.argmax())
         if diff.flat[flat] > worst:
             worst = float(diff.flat[flat])
-            where = (a + flat // (n - a), a + flat % (n - a))
+            where = (bi.start + flat // diff.shape[1], bj.start + flat % diff.shape[1])
+    scale = max(scale, 1e-30)
     if worst > atol * scale:
         i, j = where
         raise PhiError(
@@ -169,12 +183,11 @@ def validate_phi(phi: Any, *, name: str = "phi", atol: float = 1e-5) -> np.ndarr
     if isinstance(phi, np.ndarray) and np.may_share_memory(arr, phi):
         owned = False
     out = arr if owned else arr.copy()
-    if worst > 0.0:  # symmetrise in place, block by block (each pair written once)
-        for blk in blocks:
-            a = blk.start
-            avg = 0.5 * (out[blk, a:] + out[a:, blk].T)
-            out[blk, a:] = avg
-            out[a:, blk] = avg.T
+    if worst > 0.0:  # symmetrise in place, tile by tile (each pair written once)
+        for bi, bj in tiles:
+            avg = 0.5 * (out[bi, bj] + out[bj, bi].T)
+            out[bi, bj] = avg
+            out[bj, bi] = avg.T
     np.fill_diagonal(out, 0.0)
     return out
 

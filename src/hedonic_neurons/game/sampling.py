@@ -100,16 +100,18 @@ def _partners_from_rows(
     sampling); the few samples still short after a few passes finish one draw at a time.
     """
     c, n = row.size, weights.shape[1]
-    cdf = np.cumsum(weights, axis=1)
+    cdf = weights.astype(np.float64)
+    np.cumsum(cdf, axis=1, out=cdf)  # in float64 (a float32 running sum drifts over 10^4 terms)
     total = cdf[:, -1].copy()
-    cdf /= np.where(total > 0, total, 1.0)[:, None]
-    last_pos = n - 1 - np.argmax(weights[:, ::-1] > 0, axis=1)
-    flat = (cdf + np.arange(cdf.shape[0])[:, None]).ravel()
+    offset = np.arange(cdf.shape[0]) * (2.0 * total.max(initial=0.0) + 1.0)
+    cdf += offset[:, None]  # one increasing array: row r lies in [offset_r, offset_r + total_r]
+    flat = cdf.ravel()
 
     def draw(rows: np.ndarray, count: int) -> np.ndarray:
-        q = rows[:, None] + rng.random((rows.size, count))
+        # first index whose cumulative weight exceeds U * total: never a zero-weight column
+        q = offset[rows][:, None] + rng.random((rows.size, count)) * total[rows][:, None]
         j = np.searchsorted(flat, q, side="right") - rows[:, None] * n
-        return np.where(j >= n, last_pos[rows][:, None], j)
+        return np.where(j < n, j, -1)  # q rounded up onto the row's end: a void draw
 
     chosen = np.full((c, width), -1, dtype=np.int64)
     got = np.zeros(c, dtype=np.int64)
@@ -129,7 +131,7 @@ def _partners_from_rows(
             short = np.flatnonzero(got[todo] < need[todo])
             if not short.size:
                 break
-            cw = np.cumsum(w[short], axis=1)
+            cw = np.cumsum(w[short], axis=1, dtype=np.float64)
             x = rng.random(short.size) * cw[:, -1]
             j = np.minimum((cw <= x[:, None]).sum(axis=1), n - 1)
             chosen[todo[short], got[todo[short]]] = j
@@ -158,15 +160,16 @@ def phi_coalitions(
     uniq, local = np.unique(seeds, return_inverse=True)
     by_row = np.argsort(local, kind="stable")
     bounds = np.searchsorted(local[by_row], np.arange(uniq.size + 1))
-    step = max(1, BLOCK_ENTRIES // (2 * n))
+    step = max(1, BLOCK_ENTRIES // n)
     for start in range(0, uniq.size, step):
         stop = min(start + step, uniq.size)
         rows = uniq[start:stop]
-        weights = np.maximum(phi[rows], 0).astype(np.float64)
-        weights[np.arange(rows.size), rows] = 0.0
+        weights = np.take(phi, rows, axis=0)
+        np.maximum(weights, 0, out=weights)
+        weights[np.arange(rows.size), rows] = 0
         samples = by_row[bounds[start] : bounds[stop]]
         row = local[samples] - start
-        need = np.minimum(target[samples] - 1, (weights > 0).sum(axis=1)[row])
+        need = np.minimum(target[samples] - 1, np.count_nonzero(weights, axis=1)[row])
         members[samples, 1:] = _partners_from_rows(rng, weights, row, need, width - 1)
     sizes = (members >= 0).sum(axis=1)
     members = np.sort(np.where(members >= 0, members, n), axis=1)

@@ -117,30 +117,61 @@ def row_blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
         yield slice(start, min(start + step, n_rows))
 
 
+def _window_blocks(lo: np.ndarray, hi: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Split rows (sorted so that ``lo`` and ``hi`` never decrease) into runs [a, b) whose
+    column window hi[b-1] - lo[a] times b - a stays within ``budget`` (at least one row each)."""
+    out, a, r = [], 0, lo.size
+    while a < r:
+        good, bad = a + 1, r + 1  # binary search for the longest run that fits
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            if (mid - a) * (hi[mid - 1] - lo[a]) <= budget:
+                good = mid
+            else:
+                bad = mid
+        out.append((a, good))
+        a = good
+    return out
+
+
 def group_choice(phi: np.ndarray, rows: np.ndarray, groups: np.ndarray, k: int) -> tuple[Choice, np.ndarray]:
     """Ch(i, G(i)) for each ``i`` in ``rows``, where G(i) = {j : groups[j] == groups[i]}.
 
-    Neurons with a negative group take part in nothing (their own G is empty). Reads ``phi`` in
-    blocks of rows. Returns ``(choice (r, k), has_more (r,))``; ``has_more`` says a row has
-    more than ``k`` positive partners in its group.
+    Neurons with a negative group take part in nothing (their own G is empty). Reads only the
+    columns of the rows' groups: neurons are sorted by group (by index within a group) and rows
+    are processed in runs whose group columns form one window of about
+    :data:`BLOCK_ENTRIES` entries. Returns ``(choice (r, k), has_more (r,))``; ``has_more`` says
+    a row has more than ``k`` positive partners in its group.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    n = phi.shape[0]
+    groups = np.asarray(groups)
     partners = np.full((rows.size, k), -1, dtype=np.int64)
     chosen = np.zeros((rows.size, k), dtype=np.float64)
     has_more = np.zeros(rows.size, dtype=bool)
-    buf = np.empty((min(rows.size, max(1, BLOCK_ENTRIES // n)), n), dtype=phi.dtype)
-    for blk in row_blocks(rows.size, n):
-        r = rows[blk]
-        x = buf[: r.size]
-        np.take(phi, r, axis=0, out=x)
-        np.copyto(x, -np.inf, where=groups[None, :] != groups[r][:, None])
-        x[np.arange(r.size), r] = -np.inf
-        x[groups[r] < 0] = -np.inf
+    live = np.flatnonzero(groups[rows] >= 0)  # rows in a negative group have no partner
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    where = np.empty_like(order)
+    where[order] = np.arange(order.size)  # position of each neuron in ``order``
+    by = live[np.argsort(groups[rows[live]], kind="stable")]
+    g = groups[rows[by]]
+    lo = np.searchsorted(sorted_groups, g, side="left")
+    hi = np.searchsorted(sorted_groups, g, side="right")
+    for a, b in _window_blocks(lo, hi, BLOCK_ENTRIES):
+        idx = by[a:b]
+        r = rows[idx]
+        w0, w1 = int(lo[a]), int(hi[b - 1])
+        cols = order[w0:w1]
+        if cols[0] == w0 and cols[-1] == w1 - 1 and (np.diff(cols) == 1).all():  # neurons w0..w1-1
+            x = phi[r, w0:w1]
+        else:
+            x = phi[r[:, None], cols]
+        np.copyto(x, -np.inf, where=sorted_groups[w0:w1][None, :] != g[a:b, None])
+        x[np.arange(r.size), where[r] - w0] = -np.inf
         pos, val = choice_sets(x, k, overwrite=True)
-        partners[blk] = pos
-        chosen[blk] = val
-        has_more[blk] = x.max(axis=1) > 0
+        partners[idx] = np.where(pos >= 0, cols[np.maximum(pos, 0)], -1)
+        chosen[idx] = val
+        has_more[idx] = x.max(axis=1) > 0
     return Choice(partners, chosen), has_more
 
 
