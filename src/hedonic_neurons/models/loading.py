@@ -30,7 +30,8 @@ that differs from EOS/BOS, else EOS (and then EOS is not appended to inputs, see
 
 Reference weights cost almost no memory: for a LoRA adapter only the MLP modules' low-rank
 factors (A, B, scaling; fp32) and the MLP biases are kept, and ``reference = merged - scaling * B @ A``
-is rebuilt per layer on request (exact to float32 rounding of the merge, ~1e-7 relative);
+is rebuilt per layer on request (exact to the rounding of the merge: ~1e-7 relative in float32,
+one unit in the last place of the merged weight when the model runs in bfloat16/float16);
 for two checkpoints the reference MLP tensors are read per layer from the reference checkpoint
 on disk (safetensors, memory-mapped).
 """
@@ -272,7 +273,11 @@ def _fp32_copy(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | N
 class _LoraReference(_Reference):
     """Reference = merged weights minus the LoRA update, rebuilt from the kept factors."""
 
-    def __init__(self, factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]], biases):
+    def __init__(
+        self,
+        factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]],
+        biases: dict[tuple[int, str], torch.Tensor | None],
+    ) -> None:
         self.factors = factors  # (layer, role) -> (A (r, in), B (out, r), scaling), fp32
         self.biases = biases  # (layer, role) -> base bias (fp32) or None
 
@@ -680,7 +685,13 @@ def _layer_of(name: str, layers_prefix: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _check_adapter(folder: Path, cfg: dict[str, Any], weights: dict[str, torch.Tensor], model, shown, given):
+def _check_adapter(
+    folder: Path,
+    cfg: dict[str, Any],
+    weights: dict[str, torch.Tensor],
+    model: nn.Module,
+    given: tuple[tuple[Any, ...], str],
+) -> tuple[list[int], list[int], list[str], list[str]]:
     """Raise a one-line ModelError if the adapter was made for a different base model.
 
     Returns (MLP layers adapted, all layers with LoRA modules, LoRA module names, head params saved).
@@ -774,9 +785,7 @@ def _apply_adapter(model: nn.Module, path: str | os.PathLike, shown: str, head_m
         raise ModelError(f"adapter {folder} is a DoRA adapter; only plain LoRA adapters are supported")
     file, weights = _adapter_weights(folder)
     given = _config_summary(model.config, shown)
-    mlp_layers, all_layers, lora_modules, head_params = _check_adapter(
-        folder, cfg, weights, model, shown, given
-    )
+    mlp_layers, all_layers, lora_modules, head_params = _check_adapter(folder, cfg, weights, model, given)
 
     mlp_names = adapters.mlp_module_names(model)
     biases = {
