@@ -18,6 +18,7 @@ from hedonic_neurons.models.finetune import (
     default_layer_band,
     parse_layers,
     predict,
+    regression_batches,
     rm_batches,
     rm_groups,
     train,
@@ -111,3 +112,62 @@ def test_rm_groups_positive_first_and_ranking_loss_drops(demo):
     log = train(model, encode, pairs, cfg, qrels=demo.qrels, progress=False)
     assert log["train_queries"] == 40 and log["steps"] == 60
     assert log["loss_last_20"] < log["loss_first_20"] - 0.1
+
+
+def test_bucketed_batches_cover_each_index_once_with_similar_lengths():
+    rng = random.Random(0)
+    lengths = [rng.randrange(1000) for _ in range(203)]
+    batches = regression_batches(203, 8, random.Random(1), lengths, bucket=4)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(203)) and max(map(len, batches)) == 8
+    for b in batches:  # a batch is a run of a length-sorted chunk of 32
+        assert [lengths[i] for i in b] == sorted(lengths[i] for i in b)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    plain = regression_batches(203, 8, random.Random(1))
+    assert spread < 0.5 * sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain) / len(
+        plain
+    )
+
+
+def test_predict_in_length_order_matches_one_by_one(demo):
+    pairs = demo.split_pairs("train")[:13]
+    model = tiny_model("bert", layers=2).eval()
+    one_by_one = [predict(model, encode, [p])[0] for p in pairs]
+    assert predict(model, encode, pairs, batch_size=4) == pytest.approx(one_by_one, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_standardized_target_is_folded_back_into_the_head(demo, family):
+    """With a vanishing learning rate the model is unchanged during training, so after the fold its
+    output must be std * f0 + mean (bias head) or std * f0 (no-bias head), f0 the initial output."""
+    pairs = demo.split_pairs("train")[:32]
+    y = task_targets(pairs, "mean_tf_l")
+    model = add_lora(tiny_model(family, layers=3), [1], rank=4, alpha=8, dropout=0.0)
+    f0 = predict(model, encode, pairs)
+    cfg = FinetuneConfig(task="mean_tf_l", lr=1e-12, batch_size=16, max_steps=1, warmup_ratio=0.0)
+    log = train(model, encode, pairs, cfg, progress=False)
+    shift = y.mean() if family == "bert" else 0.0
+    assert log["standardized"] == pytest.approx({"shift": shift, "scale": y.std()})
+    assert predict(model, encode, pairs) == pytest.approx(y.std() * f0 + shift, abs=1e-6)
+
+
+def test_bert_pooler_is_trained_as_head_and_saved(demo, tmp_path):
+    from peft import PeftModel
+
+    pairs = demo.split_pairs("train")[:48]
+    model = add_lora(tiny_model("bert", layers=3), [1], rank=4, alpha=8, dropout=0.0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("pooler" in n and "modules_to_save" in n for n in trainable)
+    train(
+        model, encode, pairs, FinetuneConfig(task="cqtr", lr=1e-2, max_steps=3, head_lr=3e-2), progress=False
+    )
+    scores = predict(model, encode, pairs)
+    model.save_pretrained(tmp_path / "adapter")
+    base = tiny_model("bert", layers=3)
+    reference = {n: p.detach().clone() for n, p in base.named_parameters()}
+    merged = PeftModel.from_pretrained(base, tmp_path / "adapter").merge_and_unload()
+    assert predict(merged, encode, pairs) == pytest.approx(scores, abs=1e-5)
+    changed = {n for n, p in merged.named_parameters() if not torch.equal(p, reference[n])}
+    mlp = {f"{m}.weight" for m in mlp_module_names(merged, [1])}
+    head = {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+    assert changed == mlp | head

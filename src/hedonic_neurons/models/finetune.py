@@ -6,12 +6,21 @@
   (:func:`~hedonic_neurons.models.adapters.mlp_module_names`), so attention modules that share
   a leaf name (BERT ``dense``, GPT-2 ``c_proj``) are never adapted.
 - The classification head is trained too (peft ``SEQ_CLS`` keeps ``classifier`` / ``score`` in
-  ``modules_to_save``).
-- ``cqtr`` and ``mean_tf_l``: MSE between the logit and the raw target.
+  ``modules_to_save``), and so is a BERT pooler (dense + tanh between the CLS state and the
+  classifier), which is part of the head, not of the layers: ``train_pooler`` adds it to
+  ``modules_to_save``. The head may get its own learning rate (``head_lr``).
+- ``cqtr`` and ``mean_tf_l``: MSE between the logit and the target. With ``standardize`` (default)
+  the loss is computed on the standardised target ``(y - mean) / std`` (training-set mean/std), and
+  after training mean and std are folded into the saved head (``W <- std W``, ``b <- std b + mean``),
+  so the saved model outputs the raw target's scale: the trained objective is MSE on the raw target
+  divided by its variance (the optimum is the same; only the optimiser's conditioning changes). A
+  head without a bias (decoders' ``score``) is only scaled (``mean`` = 0 is recorded).
 - ``rm``: grouped softmax cross-entropy over 1 positive (a candidate judged relevant, at index 0)
   and ``group_size - 1`` hard negatives drawn from the rest of the query's candidate list
   (BM25 candidates not judged relevant). Queries without a relevant candidate are skipped.
-- AdamW, linear warm-up then linear decay, gradient clipping at 1.0, seeded.
+- AdamW, linear warm-up then linear decay, gradient clipping at 1.0, seeded. Training batches are
+  length-bucketed (shuffled chunks of ``bucket`` batches sorted by text length, then the batches
+  shuffled), and prediction runs in length order, so padding costs little.
 
 :func:`run_finetune` is the whole command: data, model, training, evaluation on the validation
 split and on the out-of-domain test set (TREC DL 2019), saved adapter + ``finetune.json`` (task,
@@ -90,6 +99,10 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     eval_batch_size: int = 64
     seed: int = 0
+    train_pooler: bool = True  # BERT: train the pooler (dense+tanh) as part of the head
+    head_lr: float | None = None  # learning rate of the head (classifier/score, pooler); None: lr
+    standardize: bool = True  # regression: MSE on the z-scored target, mean/std folded into the head
+    bucket: int = 8  # length bucketing: sort chunks of `bucket` batches by text length (1: off)
 
     def __post_init__(self) -> None:
         from hedonic_neurons.data.tasks import check_task
@@ -103,15 +116,39 @@ class FinetuneConfig:
                 f"rm needs 2 <= group_size <= batch_size, got group_size={self.group_size}, "
                 f"batch_size={self.batch_size}"
             )
-        if self.lr <= 0 or self.epochs <= 0:
-            raise ConfigError(f"lr and epochs must be > 0, got lr={self.lr}, epochs={self.epochs}")
+        if self.lr <= 0 or self.epochs <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise ConfigError(
+                f"lr, head_lr and epochs must be > 0, got lr={self.lr}, head_lr={self.head_lr}, epochs={self.epochs}"
+            )
+        if self.bucket < 1:
+            raise ConfigError(f"bucket must be >= 1, got {self.bucket}")
 
 
 # ---------------------------------------------------------------------------------------- LoRA
 
 
-def add_lora(model: Any, layers: Sequence[int], *, rank: int = 8, alpha: float = 64.0, dropout: float = 0.1):
-    """Wrap a ``*ForSequenceClassification`` model with LoRA on the MLP of ``layers`` (+ trainable head)."""
+def head_extras(model: Any) -> list[str]:
+    """Head modules besides the classifier: the BERT pooler (dense + tanh on the CLS state), if any."""
+    return [
+        name
+        for name, mod in model.named_modules()
+        if name.rsplit(".", 1)[-1] == "pooler" and next(mod.parameters(), None) is not None
+    ]
+
+
+def add_lora(
+    model: Any,
+    layers: Sequence[int],
+    *,
+    rank: int = 8,
+    alpha: float = 64.0,
+    dropout: float = 0.1,
+    train_pooler: bool = True,
+):
+    """Wrap a ``*ForSequenceClassification`` model with LoRA on the MLP of ``layers`` (+ trainable head).
+
+    The head (classifier / score, and with ``train_pooler`` a BERT pooler) is trained in full
+    (peft ``modules_to_save``); LoRA is on the MLP modules only."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     from hedonic_neurons.models.adapters import get_spec, mlp_module_names
@@ -133,6 +170,7 @@ def add_lora(model: Any, layers: Sequence[int], *, rank: int = 8, alpha: float =
         target_modules=names,
         layers_to_transform=list(layers),
         layers_pattern=spec.layers.rsplit(".", 1)[-1],
+        modules_to_save=[n.rsplit(".", 1)[-1] for n in head_extras(model)] if train_pooler else None,
     )
     return get_peft_model(model, config)
 
@@ -140,11 +178,24 @@ def add_lora(model: Any, layers: Sequence[int], *, rank: int = 8, alpha: float =
 # ------------------------------------------------------------------------------------ batches
 
 
-def regression_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
-    """One epoch of shuffled pair indices in batches."""
+def regression_batches(
+    n: int, batch_size: int, rng: random.Random, lengths: Sequence[int] | None = None, bucket: int = 1
+) -> list[list[int]]:
+    """One epoch of shuffled pair indices in batches.
+
+    With ``lengths`` and ``bucket > 1``: the shuffled order is cut into chunks of ``bucket``
+    batches, each chunk is sorted by length and cut into batches, and the batches are shuffled
+    (every index still once per epoch; a batch holds pairs of similar length, so less padding)."""
     order = list(range(n))
     rng.shuffle(order)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if lengths is None or bucket <= 1:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    batches = []
+    for c in range(0, n, batch_size * bucket):
+        chunk = sorted(order[c : c + batch_size * bucket], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
 
 
 def rm_groups(
@@ -207,13 +258,36 @@ def predict(
 
     was_training = model.training
     model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: _text_length(pairs[i]))  # less padding
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, len(pairs), batch_size), desc="predict", disable=not progress, leave=False):
-            chunk = pairs[i : i + batch_size]
+            chunk = [pairs[j] for j in order[i : i + batch_size]]
             out.append(_logits(model, encode([p.query for p in chunk], [p.passage for p in chunk])).cpu())
     model.train(was_training)
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+    if not out:
+        return np.zeros(0)
+    scores = np.empty(len(pairs))
+    scores[order] = torch.cat(out).double().numpy()
+    return scores
+
+
+def _text_length(pair: Pair) -> int:
+    return len(pair.query) + len(pair.passage)
+
+
+def head_linear(model: Any) -> Any:
+    """The trained final linear layer of a peft sequence-classification model (its saved copy)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, ModulesToSaveWrapper) and name.rsplit(".", 1)[-1] in ("classifier", "score"):
+            inner = mod.modules_to_save[
+                mod.active_adapter if isinstance(mod.active_adapter, str) else "default"
+            ]
+            linears = [m for m in inner.modules() if type(m).__name__ == "Linear"]
+            return linears[-1]  # classifier.out_proj for RoBERTa-style heads
+    raise ModelError("no trainable classifier/score head found to fold the target scale into")
 
 
 def train(
@@ -248,21 +322,37 @@ def train(
         n_batches = math.ceil(len(groups) / qps)
         units = {"train_queries": len(groups), "skipped_queries": skipped}
     else:
-        targets = torch.tensor(task_targets(pairs, config.task), dtype=torch.float32)
+        raw = task_targets(pairs, config.task)
+        linear = head_linear(model) if config.standardize else None
+        shift = float(raw.mean()) if linear is not None and linear.bias is not None else 0.0
+        scale = float(raw.std()) if linear is not None and raw.std() > 0 else 1.0
+        targets = torch.tensor((raw - shift) / scale, dtype=torch.float32)
+        lengths = [_text_length(p) for p in pairs]
 
         def epoch() -> list[list[int]]:
-            return regression_batches(len(pairs), config.batch_size, rng)
+            return regression_batches(len(pairs), config.batch_size, rng, lengths, config.bucket)
 
         n_batches = math.ceil(len(pairs) / config.batch_size)
-        units = {"train_pairs": len(pairs)}
+        units = {
+            "train_pairs": len(pairs),
+            "target_mean": float(raw.mean()),
+            "target_var": float(raw.var()),
+            "standardized": {"shift": shift, "scale": scale} if linear is not None else None,
+        }
     steps = config.max_steps or max(1, round(config.epochs * n_batches))
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    head_ids = {id(p) for p in head}
+    param_groups = [{"params": [p for p in params if id(p) not in head_ids]}]
+    if head:
+        param_groups.append({"params": head, "lr": config.head_lr or config.lr})
+    optim = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     sched = get_linear_schedule_with_warmup(optim, round(config.warmup_ratio * steps), steps)
     model.train()
     losses: list[float] = []
+    grad_norms: list[float] = []
     queue: list[list[int]] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(steps), desc=f"finetune {config.task}", disable=not progress)
     for _ in bar:
         if not queue:
@@ -276,20 +366,29 @@ def train(
         else:
             loss = torch.nn.functional.mse_loss(logits, targets[idx].to(logits.device))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)))
         optim.step()
         sched.step()
         optim.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4g}")
     model.eval()
+    if config.task != "rm" and linear is not None:  # back to the raw target's scale
+        with torch.no_grad():
+            linear.weight.mul_(scale)
+            if linear.bias is not None:
+                linear.bias.mul_(scale).add_(shift)
     return {
         "steps": steps,
         "batches_per_epoch": n_batches,
         "epochs_done": steps / n_batches,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time()
+        - cpu_start,  # all threads; wall time on an idle machine ~ this / threads
         "loss_first_20": float(np.mean(losses[:20])),
         "loss_last_20": float(np.mean(losses[-20:])),
+        "grad_norm_first_20": float(np.mean(grad_norms[:20])),
+        "grad_norm_last_20": float(np.mean(grad_norms[-20:])),
         "loss": losses,
         **units,
     }
@@ -410,6 +509,7 @@ def run_finetune(
     max_length: int | None = None,
     max_train_queries: int | None = None,
     max_eval_queries: int | None = None,
+    max_val_queries: int | None = None,
     progress: bool = True,
     loader: Callable[..., tuple[Any, Encode, dict, dict]] | None = None,
     **hyper: Any,
@@ -420,7 +520,8 @@ def run_finetune(
 
     ``data``: a dataset name (``msmarco-dev``, ``demo``); for ``demo`` the test set is the demo's
     own ``test`` split. ``max_train_queries`` / ``max_eval_queries`` keep the first queries (in
-    sorted qid order) of each split, to fit a time budget; they are recorded.
+    sorted qid order) of each split, to fit a time budget; they are recorded. ``max_val_queries``
+    limits the validation split only (default: ``max_eval_queries``; 0: no validation).
     """
     import torch
 
@@ -440,7 +541,8 @@ def run_finetune(
         return [p for p in ds.pairs if p.qid in keep], list(qids)
 
     train_pairs, train_qids = subset(dataset, "train", max_train_queries)
-    val_pairs, val_qids = subset(dataset, "val", max_eval_queries)
+    val_limit = max_eval_queries if max_val_queries is None else max_val_queries
+    val_pairs, val_qids = subset(dataset, "val", val_limit) if val_limit != 0 else ([], [])
     if data == "demo" or test is None:
         test_ds, test_split = (dataset, "test") if data == "demo" and test is not None else (None, None)
     else:
@@ -451,7 +553,14 @@ def run_finetune(
     torch.manual_seed(seed)
     chosen = parse_layers(layers, n_layers(hf_model))
     config = FinetuneConfig(task=task, layers=chosen, **hyper)
-    peft_model = add_lora(hf_model, chosen, rank=config.rank, alpha=config.alpha, dropout=config.dropout)
+    peft_model = add_lora(
+        hf_model,
+        chosen,
+        rank=config.rank,
+        alpha=config.alpha,
+        dropout=config.dropout,
+        train_pooler=config.train_pooler,
+    )
     log = train(peft_model, encode, train_pairs, config, qrels=dataset.qrels, progress=progress)
 
     metrics: dict[str, Any] = {"task": task}
@@ -460,11 +569,15 @@ def run_finetune(
         ("test", test_pairs, test_ds.qrels if test_ds else None),
     ):
         if pairs:
+            start = time.perf_counter()
             scores = predict(peft_model, encode, pairs, batch_size=config.eval_batch_size, progress=progress)
             metrics[name] = {
                 "dataset": dataset.name if name == "val" else test_ds.name,
                 **evaluate(task, pairs, scores, qrels),
+                "predict_seconds": round(time.perf_counter() - start, 1),
             }
+    metrics["train_seconds"] = round(log["seconds"], 1)
+    metrics["train_cpu_seconds"] = round(log["cpu_seconds"], 1)
 
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(out / "adapter")
@@ -491,6 +604,7 @@ def run_finetune(
             "dataset": dataset.describe(),
             "max_train_queries": max_train_queries,
             "max_eval_queries": max_eval_queries,
+            "max_val_queries": max_val_queries,
         },
         "hyperparameters": asdict(config),
         "lora": lora_summary(peft_model, chosen, config),
@@ -529,7 +643,14 @@ def register(app: Any) -> None:
         alpha: float = typer.Option(64.0),
         max_length: int = typer.Option(None, help="max tokens per input (default: the model's format)"),
         max_train_queries: int = typer.Option(None),
-        max_eval_queries: int = typer.Option(None),
+        max_eval_queries: int = typer.Option(None, help="keep the first N queries of val and test"),
+        max_val_queries: int = typer.Option(None, help="keep the first N val queries (0: no validation)"),
+        head_lr: float = typer.Option(
+            None, help="learning rate of the head (classifier, pooler); default --lr"
+        ),
+        train_pooler: bool = typer.Option(True, help="BERT: train the pooler as part of the head"),
+        standardize: bool = typer.Option(True, help="regression: MSE on the z-scored target, folded back"),
+        eval_batch_size: int = typer.Option(64),
         threads: int = typer.Option(None, help="torch CPU threads"),
         seed: int = typer.Option(0),
     ) -> None:
@@ -551,6 +672,11 @@ def register(app: Any) -> None:
             max_length=max_length,
             max_train_queries=max_train_queries,
             max_eval_queries=max_eval_queries,
+            max_val_queries=max_val_queries,
+            head_lr=head_lr,
+            train_pooler=train_pooler,
+            standardize=standardize,
+            eval_batch_size=eval_batch_size,
             epochs=epochs,
             max_steps=max_steps,
             lr=lr,
