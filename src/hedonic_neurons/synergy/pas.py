@@ -216,8 +216,8 @@ def _exact_tanh(
                     + 2.0 * _gram(shifts_b, block_i, block_j)[0]
                 )
                 scale = torch.rsqrt(sq / d + eps).to(dtype)
-                z = (base_i.unsqueeze(1) - e_b[block_j].unsqueeze(0)) * scale.unsqueeze(-1)
-                ell_ij = torch.tanh(z.add_(offset)) @ w
+                z = base_i.unsqueeze(1) - e_b[block_j].unsqueeze(0)  # (bi, bj, d_p), in place below
+                ell_ij = z.mul_(scale.unsqueeze(-1)).add_(offset).tanh_() @ w
                 _add_sym(out, block_i, block_j, PAS_SIGN * ell_ij.double())
 
 
