@@ -110,7 +110,7 @@ def one(args: argparse.Namespace) -> dict:
         "kind": kind,
         "model": args.model,
         "n": len(pairs) * args.repeat,
-        "tokens": tokens * args.repeat,
+        "tokens": tokens,
         "seconds": seconds,
         "peak_rss_mb": peak_mb,
         "head": getattr(collector, "head_kind", None),
