@@ -7,18 +7,35 @@
   dataset (``hedonic collect``).
 """
 
-from hedonic_neurons.synergy.oca import oca_phi, orthogonality
-from hedonic_neurons.synergy.pas import (
-    GRAD_OUTER_SIGN,
-    PAS_SIGN,
-    PairSums,
-    exact_local_sum,
-    grad_outer_sum,
-    head_gradients,
-    head_hessians,
-    residual_shifts,
-    taylor_sum,
-)
+import importlib
+from typing import Any
+
+# Lazy exports: ``hedonic --help`` imports this package (for its CLI) and must not pull in torch.
+_EXPORTS = {
+    "oca_phi": "oca",
+    "orthogonality": "oca",
+    **{
+        name: "pas"
+        for name in (
+            "GRAD_OUTER_SIGN",
+            "PAS_SIGN",
+            "PairSums",
+            "exact_local_sum",
+            "grad_outer_sum",
+            "head_gradients",
+            "head_hessians",
+            "residual_shifts",
+            "taylor_sum",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"hedonic_neurons.synergy.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'hedonic_neurons.synergy' has no attribute {name!r}")
+
 
 __all__ = [
     "GRAD_OUTER_SIGN",
