@@ -50,6 +50,9 @@ _tracking_cli.register(app)
 from hedonic_neurons.synergy import cli as _synergy_cli  # noqa: E402
 
 _synergy_cli.register(app)
+from hedonic_neurons import pipeline as _pipeline  # noqa: E402
+
+_pipeline.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,6 +58,10 @@ class PhiConfig(_Strict):
 
 
 class GameConfig(_Strict):
+    # "exact": Top Covering with choice sets computed from phi (A9); "pac": PAC-Top-Cover (A8).
+    # The default is exact: at the (epsilon, delta) budget PAC's sampled choice sets are noisy at
+    # MiniLM scale and their closures merge into one giant coalition (README, "Solvers").
+    solver: Literal["exact", "pac"] = "exact"
     k: int = Field(2, ge=1)
     epsilon: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(0.05, gt=0, lt=1)
@@ -73,6 +77,7 @@ class EvaluateConfig(_Strict):
     top_k: int = Field(10, ge=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     min_size: int = Field(2, ge=1)
+    certify_samples: int = Field(20_000, ge=100)  # coalitions drawn per stability certificate
 
 
 Baseline = Literal["random", "kmeans", "hierarchical", "phi-communities"]

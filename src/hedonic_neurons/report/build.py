@@ -34,10 +34,12 @@ LABELS = ("persistence", "split", "merge", "vanishing", "emergence")
 def _fmt(est: Any, digits: int = 3) -> str:
     if not isinstance(est, dict) or est.get("n", 0) == 0 or est.get("mean") is None:
         return "n/a"
-    mean = est["mean"]
+    mean, half = est["mean"], (est["high"] - est["low"]) / 2
+    # small quantities (φ is often ~1e-4) keep significant digits instead of rounding to 0.000
+    spec = f".{digits}f" if abs(mean) >= 10 ** (1 - digits) or mean == 0 else f".{digits - 1}e"
     if est["n"] < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(est['high'] - est['low']) / 2:.{digits}f}"
+        return f"{mean:{spec}}"
+    return f"{mean:{spec}} ± {half:{spec}}"
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -1,0 +1,142 @@
+"""hedonic run end to end on a tiny model: stages, caching, resume after a kill, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hedonic_neurons.cli import main
+from hedonic_neurons.config import load_config
+from hedonic_neurons.pipeline import DEMO_CONFIG
+from test_loading import make_adapter, save_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_run_config(tmp_path: Path) -> Path:
+    base = save_tiny(tmp_path / "base", "llama", layers=4, n=24)
+    make_adapter(base, tmp_path / "adapter", "llama", layers=(1, 2))
+    cfg = {
+        "name": "tiny",
+        "model": str(base),
+        "adapter": str(tmp_path / "adapter"),
+        "task": "cqtr",
+        "layers": [1, 2],
+        "max_length": 32,
+        "data": {"train": "demo", "test": "demo", "max_train_pairs": 60, "max_test_pairs": 30},
+        "phi": {"metrics": ["oca", "pas"], "max_inputs": 96, "batch_size": 4},
+        "evaluate": {"top_k": 3, "seeds": [0, 1, 2], "certify_samples": 2000},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# Runs the CLI, but the process SIGKILLs itself at the 15th PAS batch (after the checkpoint
+# written every 10 batches): a real kill at a reproducible point of the phi stage.
+KILL_DURING_PAS = """
+import os, signal, sys
+from hedonic_neurons.synergy import collect
+update, calls = collect.PASCollector.update, [0]
+def killing_update(self, batch, index):
+    calls[0] += 1
+    if calls[0] == 15:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return update(self, batch, index)
+collect.PASCollector.update = killing_update
+from hedonic_neurons.cli import main
+main(sys.argv[1:])
+"""
+
+
+def run_cli(*args: str, kill_during_pas: bool = False) -> subprocess.Popen:
+    entry = ["-c", KILL_DURING_PAS] if kill_during_pas else ["-m", "hedonic_neurons"]
+    return subprocess.Popen(
+        [sys.executable, *entry, *args],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def results_without_provenance(folder: Path) -> dict:
+    doc = json.loads((folder / "results.json").read_text())
+    doc.pop("provenance")
+    return doc
+
+
+@pytest.mark.slow
+def test_run_resumes_after_kill_with_identical_results(tmp_path):
+    cfg = tiny_run_config(tmp_path)
+    # uninterrupted reference run
+    ref = run_cli("run", str(cfg), "--out", str(tmp_path / "ref"), "--quiet")
+    out, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err
+    assert "report:" in out
+    # a second run, killed during the phi stage
+    victim = run_cli("run", str(cfg), "--out", str(tmp_path / "resumed"), "--quiet", kill_during_pas=True)
+    victim.communicate(timeout=600)
+    assert victim.returncode == -signal.SIGKILL
+    partial = tmp_path / "resumed" / "phi" / "pas" / ".partial"
+    assert any(partial.iterdir()), "no PAS checkpoint was left by the killed run"
+    assert not (tmp_path / "resumed" / "report.html").exists()
+    again = run_cli("run", str(cfg), "--out", str(tmp_path / "resumed"), "--quiet")
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    a, b = results_without_provenance(tmp_path / "ref"), results_without_provenance(tmp_path / "resumed")
+    assert a == b
+    # the report has both tables and every method
+    methods = [row["method"] for row in a["table_extrinsic"]]
+    assert methods == ["hedonic-oca", "hedonic-pas", "random", "kmeans", "hierarchical", "phi-communities"]
+    assert all(
+        row["ood_drop"]["n"] == 3 for row in a["table_extrinsic"] if row["method"].startswith("hedonic")
+    )
+    for name in (
+        "report.md",
+        "report.html",
+        "figures/methods.png",
+        "figures/sizes.png",
+        "figures/transitions.png",
+    ):
+        assert (tmp_path / "ref" / name).is_file(), name
+    # a third run finds every stage cached and does no work
+    cached = run_cli("run", str(cfg), "--out", str(tmp_path / "ref"), "--quiet")
+    _, err = cached.communicate(timeout=300)
+    assert cached.returncode == 0, err
+    assert "fine-tuning" not in err and "partitions of layer" not in err and "recording pooled" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("modle: minilm\n", "unknown key 'modle'"),
+        ("data: {train: {rerank: nowhere.tsv}}\n", "file not found"),
+        ("layers: [2, 9]\n", "layer 9 is out of range: model 'minilm' has 6 layers"),
+    ],
+)
+def test_run_config_errors_exit_2_with_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    t0 = time.time()
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert time.time() - t0 < 30  # fails at once, before any work
+    assert not (tmp_path / "out" / "finetune").exists()
+
+
+def test_demo_config_file_matches_builtin():
+    from_file = load_config(REPO / "configs" / "demo.yaml")
+    assert from_file == load_config(None, DEMO_CONFIG)
