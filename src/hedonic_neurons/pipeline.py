@@ -193,6 +193,7 @@ class Pipeline:
                 layers=ft.layers,
                 max_length=cfg.max_length,
                 max_train_queries=max(1, cfg.data.max_train_pairs // 10),
+                max_eval_queries=max(1, cfg.data.max_test_pairs // 10),
                 progress=self.progress,
                 **hyper,
             )
@@ -561,7 +562,9 @@ DEMO_CONFIG: dict[str, Any] = {
     "max_length": 128,
     "data": {"train": "demo", "test": "demo", "max_train_pairs": 1500, "max_test_pairs": 150},
     "finetune": {"epochs": 1, "learning_rate": 3e-4, "batch_size": 16},
-    "phi": {"metrics": ["oca", "pas"], "pas_mode": "exact", "max_inputs": 128, "batch_size": 16},
+    # taylor: on MiniLM's tanh-pooler head exact local PAS costs 8-14 s per input on 2 cores
+    # (docs/benchmarks.md); taylor is about 1x a forward pass and agrees with exact (r = 1.00)
+    "phi": {"metrics": ["oca", "pas"], "pas_mode": "taylor", "max_inputs": 256, "batch_size": 16},
     "evaluate": {"top_k": 5, "seeds": [0, 1, 2]},
 }
 
