@@ -103,6 +103,7 @@ class FinetuneConfig:
     head_lr: float | None = None  # learning rate of the head (classifier/score, pooler); None: lr
     standardize: bool = True  # regression: MSE on the z-scored target, mean/std folded into the head
     bucket: int = 8  # length bucketing: sort chunks of `bucket` batches by text length (1: off)
+    model_dropout: float | None = None  # dropout p of the base model's own Dropout modules; None: as loaded
 
     def __post_init__(self) -> None:
         from hedonic_neurons.data.tasks import check_task
@@ -120,6 +121,8 @@ class FinetuneConfig:
             raise ConfigError(
                 f"lr, head_lr and epochs must be > 0, got lr={self.lr}, head_lr={self.head_lr}, epochs={self.epochs}"
             )
+        if self.model_dropout is not None and not 0.0 <= self.model_dropout < 1.0:
+            raise ConfigError(f"model_dropout must be in [0, 1), got {self.model_dropout}")
         if self.bucket < 1:
             raise ConfigError(f"bucket must be >= 1, got {self.bucket}")
 
@@ -308,6 +311,10 @@ def train(
 
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
+    if config.model_dropout is not None:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:  # LoRA's: config.dropout
+                module.p = config.model_dropout
     if config.task == "rm":
         if qrels is None:
             raise ConfigError("task 'rm' needs qrels for the training pairs")
@@ -641,6 +648,10 @@ def register(app: Any) -> None:
         group_size: int = typer.Option(8, help="rm: 1 positive + group_size-1 hard negatives"),
         rank: int = typer.Option(8),
         alpha: float = typer.Option(64.0),
+        dropout: float = typer.Option(0.1, help="LoRA dropout"),
+        model_dropout: float = typer.Option(
+            None, help="dropout of the model's own layers (default: as loaded)"
+        ),
         max_length: int = typer.Option(None, help="max tokens per input (default: the model's format)"),
         max_train_queries: int = typer.Option(None),
         max_eval_queries: int = typer.Option(None, help="keep the first N queries of val and test"),
@@ -684,6 +695,8 @@ def register(app: Any) -> None:
             group_size=group_size,
             rank=rank,
             alpha=alpha,
+            dropout=dropout,
+            model_dropout=model_dropout,
             seed=seed,
         )
         typer.echo(json.dumps(metrics, indent=2))
