@@ -33,9 +33,13 @@ def ablated_outputs(
     *,
     batch_size: int = 16,
     mode: str = "reference",
+    max_rows: int = 256,
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Model outputs on ``pairs``: unablated (P,) and with each coalition ablated (K, P)."""
+    """Model outputs on ``pairs``: unablated (P,) and with each coalition ablated (K, P).
+
+    ``max_rows`` bounds the sequences (ablation sets x pairs) in one forward pass.
+    """
     from hedonic_neurons.neurons import ablation_logits
 
     reference = nm.reference_mlp_weights(layer) if mode == "reference" else None
@@ -44,7 +48,9 @@ def ablated_outputs(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         batch = nm.encode([p.query for p in chunk], [p.passage for p in chunk])
-        out = ablation_logits(nm.model, batch, layer, sets, mode=mode, reference=reference, readout="full")
+        out = ablation_logits(
+            nm.model, batch, layer, sets, mode=mode, reference=reference, readout="full", max_batch=max_rows
+        )
         chunks.append(out.float().cpu().numpy())
         if progress is not None:
             progress.update(len(chunk))
