@@ -64,3 +64,12 @@ def test_cli_user_error_is_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
     assert exc.value.code == 2
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    from hedonic_neurons.artifacts import write_json
+
+    path = write_json(
+        tmp_path / "x.json", {"a": float("nan"), "b": [1.0, np.float32("inf")], "c": np.array([np.nan, 2.0])}
+    )
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": [None, 2.0]}

@@ -90,9 +90,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities become None (JSON has no NaN): "could not be computed"."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return _finite(obj.tolist())
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically. numpy scalars and arrays are converted."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n")
+    """Write ``obj`` as indented JSON, atomically. numpy scalars and arrays are converted; NaN and
+    infinities are written as null."""
+    return atomic_write_text(
+        path, json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+    )
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -45,16 +45,17 @@ class FinetuneConfig(_Strict):
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(16, ge=1)
     layers: list[int] | None = None  # None: the default middle band (A12)
-    max_length: int = Field(128, ge=16)
     group_size: int = Field(8, ge=2)  # RM: 1 positive + hard negatives
 
 
 class PhiConfig(_Strict):
-    metrics: list[Literal["oca", "pas"]] = ["oca", "pas"]
+    metrics: list[Literal["oca", "pas"]] = Field(["oca", "pas"], min_length=1)
     pas_mode: Literal["exact", "taylor", "grad-outer"] = "exact"
     readout: Literal["local", "full"] = "local"
     max_inputs: int = Field(512, ge=8)
     batch_size: int = Field(16, ge=1)
+
+    _metrics = field_validator("metrics")(classmethod(lambda cls, v: _unique(v)))
 
 
 class GameConfig(_Strict):
@@ -73,11 +74,19 @@ class TrackingConfig(_Strict):
     min_size: int = Field(2, ge=1)
 
 
+def _unique(v: list) -> list:
+    if len(set(v)) != len(v):
+        raise ValueError("entries must not repeat")
+    return v
+
+
 class EvaluateConfig(_Strict):
     top_k: int = Field(10, ge=1)
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=3)  # A13: every figure over >= 3 seeds
     min_size: int = Field(2, ge=1)
     certify_samples: int = Field(20_000, ge=100)  # coalitions drawn per stability certificate
+
+    _seeds = field_validator("seeds")(classmethod(lambda cls, v: _unique(v)))
 
 
 Baseline = Literal["random", "kmeans", "hierarchical", "phi-communities"]
@@ -95,6 +104,14 @@ class RunConfig(_Strict):
     phi: PhiConfig = PhiConfig()
     game: GameConfig = GameConfig()
     baselines: list[Baseline] = ["random", "kmeans", "hierarchical", "phi-communities"]
+
+    @field_validator("baselines")
+    @classmethod
+    def _unique_baselines(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("baselines must not repeat")
+        return v
+
     tracking: TrackingConfig = TrackingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     max_length: int = Field(128, ge=16)
@@ -115,8 +132,11 @@ class RunConfig(_Strict):
 
 
 def _first_error(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    errors = exc.errors()
+    # a mapping given where "demo" | {rerank, qrels} is expected: report the mapping's own error,
+    # not that it is not the literal "demo"
+    err = next((e for e in errors if not any("literal[" in str(p) for p in e["loc"])), errors[0])
+    where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("PairSource")) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key '{where}'"
     if err["type"] == "missing":

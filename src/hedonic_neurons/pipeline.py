@@ -23,6 +23,7 @@ report         ``report.*``                report.md, results.json, figures/, re
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,11 @@ from hedonic_neurons.artifacts import (
     write_json,
 )
 from hedonic_neurons.config import PairSource, RunConfig, check_layers
-from hedonic_neurons.errors import ConfigError
+from hedonic_neurons.errors import ConfigError, HedonicError
 
 HEDONIC = {"oca": "hedonic-oca", "pas": "hedonic-pas"}
+#: columns of the extrinsic table ("k": coalitions evaluated per layer, after size matching)
+EXTRINSIC = ("ood_drop", "alignment_r2", "synergy", "blocking_upper", "blocking_upper_phi", "k")
 
 
 def _log(msg: str) -> None:
@@ -61,7 +64,7 @@ class Stage:
             return False
         try:
             return read_json(self.marker).get("key") == self.key
-        except ConfigError:
+        except HedonicError:
             return False
 
     def finish(self, **info: Any) -> None:
@@ -71,32 +74,49 @@ class Stage:
 # ------------------------------------------------------------------------------------------ data
 
 
-def _limit_by_query(pairs: Sequence[Any], max_pairs: int) -> list[Any]:
-    """Whole queries (in sorted qid order) until ``max_pairs`` pairs: rankings stay complete."""
+def _limit_by_query(
+    pairs: Sequence[Any], max_pairs: int, seed: int, keep: set[str] | None = None
+) -> list[Any]:
+    """Whole queries, drawn in a seeded random order, until ``max_pairs`` pairs (rankings stay
+    complete; a subset is not biased towards low query ids). ``keep``: only these queries."""
     by_q: dict[str, list[Any]] = {}
     for p in pairs:
-        by_q.setdefault(p.qid, []).append(p)
+        if keep is None or p.qid in keep:
+            by_q.setdefault(p.qid, []).append(p)
+    order = sorted(by_q)
+    np.random.default_rng(seed).shuffle(order)
     out: list[Any] = []
-    for qid in sorted(by_q):
+    for qid in order:
         if out and len(out) + len(by_q[qid]) > max_pairs:
-            break
+            continue
         out.extend(by_q[qid])
     return out
 
 
 def load_split(
-    source: str | PairSource, split: str, max_pairs: int, seed: int
+    source: str | PairSource, split: str, max_pairs: int, seed: int, task: str = "cqtr"
 ) -> tuple[list[Any], dict, str]:
-    """(pairs, qrels, description) of one side of the data: the demo corpus or standard files."""
+    """(pairs, qrels, description) of one side of the data: the demo corpus or standard files.
+
+    For RM only judged queries are kept (an unjudged query has no relevance to predict).
+    """
     from hedonic_neurons.data import demo_corpus, read_qrels, read_rerank_input
 
     if source == "demo":
         ds = demo_corpus(seed=seed)
-        pairs = ds.split_pairs("train" if split == "train" else "test")
-        return _limit_by_query(pairs, max_pairs), ds.qrels, f"{ds.name} ({split} split)"
-    pairs = read_rerank_input(source.rerank)
-    qrels = read_qrels(source.qrels) if source.qrels else {}
-    return _limit_by_query(pairs, max_pairs), qrels, source.rerank
+        pairs, qrels, desc = (
+            ds.split_pairs("train" if split == "train" else "test"),
+            ds.qrels,
+            f"{ds.name} ({split} split)",
+        )
+    else:
+        pairs = read_rerank_input(source.rerank)
+        qrels = read_qrels(source.qrels) if source.qrels else {}
+        desc = source.rerank
+    keep = set(qrels) if task == "rm" else None
+    chosen = _limit_by_query(pairs, max_pairs, seed, keep)
+    n_queries = len({p.qid for p in chosen})
+    return chosen, qrels, f"{desc}; {n_queries} queries"
 
 
 def task_values(task: str, pairs: Sequence[Any], qrels: dict) -> np.ndarray:
@@ -130,10 +150,10 @@ class Pipeline:
         check_layers(cfg, base.n_layers)
         _log(f"output folder: {self.out}")
         self.train, self.train_qrels, self.train_desc = load_split(
-            cfg.data.train, "train", cfg.data.max_train_pairs, cfg.seed
+            cfg.data.train, "train", cfg.data.max_train_pairs, cfg.seed, cfg.task
         )
         self.test, self.test_qrels, self.test_desc = load_split(
-            cfg.data.test, "test", cfg.data.max_test_pairs, cfg.seed
+            cfg.data.test, "test", cfg.data.max_test_pairs, cfg.seed, cfg.task
         )
         if cfg.task == "rm" and not self.test_qrels:
             raise ConfigError("task 'rm' needs relevance labels (qrels) for the test data")
@@ -176,7 +196,7 @@ class Pipeline:
         from hedonic_neurons.models.finetune import run_finetune
 
         folder = self.out / "finetune"
-        stage = Stage(folder, cfg.section_key("model", "task", "finetune", "max_length", "seed"))
+        stage = Stage(folder, cfg.section_key("model", "task", "data", "finetune", "max_length", "seed"))
         if not stage.done():
             _log(f"fine-tuning {cfg.model} for {cfg.task} on the demo corpus")
             ft = cfg.finetune
@@ -217,7 +237,7 @@ class Pipeline:
                 ablation="reference" if self.nm.has_reference else "zero",
             )
             collect(
-                self.nm, self.train, cfg.layers, settings, self.out / "phi" / metric,
+                self.nm, self.train, cfg.layers, settings, self.phi_dir(metric),
                 data=self.train_desc, progress=self.progress,
             )  # fmt: skip
         if not self.nm.has_reference:
@@ -226,17 +246,21 @@ class Pipeline:
     def phi(self, metric: str, layer: int) -> np.ndarray:
         from hedonic_neurons.synergy.collect import phi_path
 
-        return load_phi(phi_path(self.out / "phi" / metric, layer))
+        return load_phi(phi_path(self.phi_dir(metric), layer))
+
+    def phi_dir(self, metric: str) -> Path:
+        """φ of one metric, in a folder named by the settings that determine it (a changed
+        ``phi`` section starts a new folder instead of clashing with the old files)."""
+        return self.out / "phi" / metric / self._model_key("phi")[:10]
 
     def stage_activations(self) -> None:
         """Mean-pooled activations of the train/test pairs and E|a| per layer (float32 .npy)."""
         from hedonic_neurons.neurons import record
-        from hedonic_neurons.tracking.model import mean_abs_activations
         from hedonic_neurons.tracking.run import iter_batches
 
         cfg = self.cfg
         folder = self.out / "activations"
-        stage = Stage(folder, self._model_key("data", "layers"))
+        stage = Stage(folder, self._model_key())
         if stage.done():
             return
         _log("recording pooled activations of the train and test pairs")
@@ -251,20 +275,27 @@ class Pipeline:
                 for layer in cfg.layers:
                     acts = np.concatenate([t.float().cpu().numpy() for t in rec.kept[layer]])
                     np.save(folder / f"{split}_layer{layer}.npy", acts)
-        mean_abs = mean_abs_activations(self.nm.model, cfg.layers, iter_batches(self.nm, self.train, bs))
-        for layer, values in mean_abs.items():
-            np.save(folder / f"mean_abs_layer{layer}.npy", values.float().cpu().numpy())
         stage.finish(train_pairs=len(self.train), test_pairs=len(self.test))
 
     def acts(self, split: str, layer: int) -> np.ndarray:
         return np.load(self.out / "activations" / f"{split}_layer{layer}.npy")
 
     def _model_key(self, *sections: str) -> str:
+        """Cache key of a stage: model identity, input format, the data-defining sections and ``sections``.
+
+        Stages later in the pipeline name every section of the stages before them, so a change
+        upstream invalidates everything downstream.
+        """
         import hashlib
         import json
 
-        ident = json.dumps(self.nm.identity, sort_keys=True, default=str)
-        return hashlib.sha256((ident + self.cfg.section_key(*sections)).encode()).hexdigest()[:16]
+        base = ("task", "seed", "max_length", "data", "layers")
+        blob = json.dumps(
+            [self.nm.identity, self.nm.input_format.to_dict(), self.cfg.section_key(*base, *sections)],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def methods(self) -> list[str]:
@@ -288,11 +319,12 @@ class Pipeline:
 
         cfg = self.cfg
         g = cfg.game
-        stage = Stage(
-            self.out / "partitions", self._model_key("data", "layers", "phi", "game", "baselines", "evaluate")
-        )
+        stage = Stage(self.out / "partitions", self._model_key("phi", "game", "baselines", "evaluate"))
         if stage.done():
             return
+        import shutil
+
+        shutil.rmtree(self.out / "partitions", ignore_errors=True)  # never reuse partitions of another config
         phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         n_clusters = math.ceil(math.sqrt(self.nm.n_neurons))
         for layer in cfg.layers:
@@ -356,14 +388,13 @@ class Pipeline:
             return
         seed = cfg.evaluate.seeds[0]
         mean_abs = {
-            layer: torch.from_numpy(np.load(self.out / "activations" / f"mean_abs_layer{layer}.npy"))
+            # A_p = E|a_p| over the train pairs, mean-pooled activations (A1: tracking uses `mean`)
+            layer: torch.from_numpy(np.abs(self.acts("train", layer)).mean(0))
             for layer in cfg.layers
         }
         for method in self.methods:
             folder = self.out / "tracking" / method
-            stage = Stage(
-                folder, self._model_key("data", "layers", "phi", "game", "baselines", "evaluate", "tracking")
-            )
+            stage = Stage(folder, self._model_key("phi", "game", "baselines", "evaluate", "tracking"))
             if not stage.done():
                 _log(f"tracking {method}")
                 parts = {layer: self.coalitions(method, seed, layer) for layer in cfg.layers}
@@ -395,16 +426,14 @@ class Pipeline:
         cfg = self.cfg
         ev = cfg.evaluate
         path = self.out / "evaluation.json"
-        stage = Stage(
-            self.out / "evaluation", self._model_key("data", "layers", "phi", "game", "baselines", "evaluate")
-        )
+        stage = Stage(self.out / "evaluation", self._model_key("phi", "game", "baselines", "evaluate"))
         if stage.done():
             self.evaluation = read_json(path)
             return
         y_train = task_values(cfg.task, self.train, self.train_qrels)
         y_test = task_values(cfg.task, self.test, self.test_qrels)
-        h_train = heuristic_features(self.train).matrix()
-        h_test = heuristic_features(self.test).matrix()
+        h_train = heuristic_features(self.train, corpus="query").matrix()
+        h_test = heuristic_features(self.test, corpus="query").matrix()
         phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         rows: list[dict[str, Any]] = []
         bar = tqdm(total=len(cfg.layers), desc="evaluate", unit="layer", disable=not self.progress)
@@ -415,7 +444,6 @@ class Pipeline:
             # which coalitions each (seed, method) evaluates
             plan: list[tuple[int, str, list[list[int]], int]] = []
             for seed in ev.seeds:
-                rng = np.random.default_rng(seed)
                 ref = self.coalitions(self.reference_method, seed, layer)
                 targets = [len(c) for c in top_coalitions(ref, ev.top_k, ev.min_size)]
                 for method in self.methods:
@@ -423,6 +451,7 @@ class Pipeline:
                     if method.startswith("hedonic"):
                         chosen, skipped = top_coalitions(full, ev.top_k, ev.min_size), 0
                     else:
+                        rng = np.random.default_rng([seed, zlib.crc32(method.encode())])
                         chosen, skipped = size_matched(targets, full, rng)
                     plan.append((seed, method, chosen, skipped))
             # one batched ablation pass over the test pairs for every distinct coalition of the layer
@@ -456,6 +485,7 @@ class Pipeline:
                     row[f"blocking_rate_{dist}"] = float(cert.rate)
                     row[f"blocking_upper_{dist}"] = float(cert.upper_bound)
                 row["blocking_upper"] = row["blocking_upper_uniform"]
+                row["k"] = len(chosen)
                 if chosen:
                     row["ood_drop"] = float(np.mean([drop_of[tuple(c)] for c in chosen]))
                     mat = coalition_matrix(chosen, a_train.shape[1])
@@ -488,10 +518,7 @@ class Pipeline:
         extrinsic = [
             {
                 "method": m,
-                **{
-                    k: mean_ci(per_seed(m, k)).to_dict()
-                    for k in ("ood_drop", "alignment_r2", "synergy", "blocking_upper")
-                },
+                **{k: mean_ci(per_seed(m, k)).to_dict() for k in EXTRINSIC},
             }
             for m in self.methods
         ]

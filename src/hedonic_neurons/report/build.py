@@ -26,8 +26,11 @@ METRIC_TITLES = {
     "alignment_r2": "alignment R² ↑",
     "synergy": "mean pairwise φ ↑",
     "blocking_upper": "blocking-rate bound ↓",
+    "blocking_upper_phi": "φ-aware blocking bound ↓",
+    "k": "coalitions evaluated",
     "ridge_r2": "ridge OOD R² ↑",
 }
+NOT_PLOTTED = {"k"}  # counts, shown in the tables only
 LABELS = ("persistence", "split", "merge", "vanishing", "emergence")
 
 
@@ -86,7 +89,7 @@ def _plt():
 def plot_methods(rows: list[dict], path: Path, title: str) -> Path:
     """One panel per metric: bars = methods, error bars = 95% CI."""
     plt = _plt()
-    cols = _columns(rows)
+    cols = [c for c in _columns(rows) if c not in NOT_PLOTTED]
     fig, axes = plt.subplots(1, max(len(cols), 1), figsize=(4.2 * max(len(cols), 1), 3.8), squeeze=False)
     for ax, col in zip(axes[0], cols):
         names, means, errs = [], [], []
