@@ -16,6 +16,7 @@ from hedonic_neurons.models.finetune import (
     FinetuneConfig,
     add_lora,
     default_layer_band,
+    init_pooler,
     parse_layers,
     predict,
     regression_batches,
@@ -171,3 +172,19 @@ def test_bert_pooler_is_trained_as_head_and_saved(demo, tmp_path):
     mlp = {f"{m}.weight" for m in mlp_module_names(merged, [1])}
     head = {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}
     assert changed == mlp | head
+
+
+def test_init_pooler_standardizes_the_cls_state_per_dimension(demo):
+    pairs = demo.split_pairs("train")[:40]
+    model = add_lora(tiny_model("bert", layers=2), [1], rank=4, alpha=8, dropout=0.0)
+    summary = init_pooler(model, encode, pairs, batch_size=16)
+    assert summary["n_pairs"] == 40
+    dense = next(m for n, m in model.named_modules() if n.endswith("pooler.modules_to_save.default")).dense
+    seen = []
+    hook = dense.register_forward_hook(lambda _m, _a, out: seen.append(out.detach()))
+    predict(model, encode, pairs)
+    hook.remove()
+    pre = torch.cat(seen)  # pre-activations (h - mu) / sigma over the same pairs
+    assert pre.mean(0) == pytest.approx(torch.zeros(pre.shape[1]), abs=1e-4)
+    assert pre.std(0) == pytest.approx(torch.ones(pre.shape[1]), abs=1e-3)
+    assert init_pooler(add_lora(tiny_model("llama", layers=2), [1]), encode, pairs) is None

@@ -104,6 +104,8 @@ class FinetuneConfig:
     standardize: bool = True  # regression: MSE on the z-scored target, mean/std folded into the head
     bucket: int = 8  # length bucketing: sort chunks of `bucket` batches by text length (1: off)
     model_dropout: float | None = None  # dropout p of the base model's own Dropout modules; None: as loaded
+    pooler_init: str = "keep"  # BERT pooler: "keep" the checkpoint's, or "standardize" (see init_pooler)
+    pooler_init_pairs: int = 512  # training pairs (a seeded sample) used by pooler_init="standardize"
 
     def __post_init__(self) -> None:
         from hedonic_neurons.data.tasks import check_task
@@ -123,6 +125,8 @@ class FinetuneConfig:
             )
         if self.model_dropout is not None and not 0.0 <= self.model_dropout < 1.0:
             raise ConfigError(f"model_dropout must be in [0, 1), got {self.model_dropout}")
+        if self.pooler_init not in ("keep", "standardize"):
+            raise ConfigError(f"pooler_init must be 'keep' or 'standardize', got {self.pooler_init!r}")
         if self.bucket < 1:
             raise ConfigError(f"bucket must be >= 1, got {self.bucket}")
 
@@ -279,18 +283,53 @@ def _text_length(pair: Pair) -> int:
     return len(pair.query) + len(pair.passage)
 
 
-def head_linear(model: Any) -> Any:
-    """The trained final linear layer of a peft sequence-classification model (its saved copy)."""
+def _saved_module(model: Any, leaf: tuple[str, ...]) -> Any | None:
+    """The trained copy of the ``modules_to_save`` module whose name ends in one of ``leaf``."""
     from peft.utils import ModulesToSaveWrapper
 
     for name, mod in model.named_modules():
-        if isinstance(mod, ModulesToSaveWrapper) and name.rsplit(".", 1)[-1] in ("classifier", "score"):
-            inner = mod.modules_to_save[
-                mod.active_adapter if isinstance(mod.active_adapter, str) else "default"
-            ]
-            linears = [m for m in inner.modules() if type(m).__name__ == "Linear"]
-            return linears[-1]  # classifier.out_proj for RoBERTa-style heads
-    raise ModelError("no trainable classifier/score head found to fold the target scale into")
+        if isinstance(mod, ModulesToSaveWrapper) and name.rsplit(".", 1)[-1] in leaf:
+            active = mod.active_adapter if isinstance(mod.active_adapter, str) else "default"
+            return mod.modules_to_save[active]
+    return None
+
+
+def head_linear(model: Any) -> Any:
+    """The trained final linear layer of a peft sequence-classification model (its saved copy)."""
+    inner = _saved_module(model, ("classifier", "score"))
+    if inner is None:
+        raise ModelError("no trainable classifier/score head found to fold the target scale into")
+    linears = [m for m in inner.modules() if type(m).__name__ == "Linear"]
+    return linears[-1]  # classifier.out_proj for RoBERTa-style heads
+
+
+def init_pooler(model: Any, encode: Encode, pairs: Sequence[Pair], *, batch_size: int = 64) -> dict | None:
+    """Re-initialise a trained BERT pooler (dense + tanh) to ``tanh((h - mu) / sigma)`` per dimension.
+
+    ``h`` is the CLS state the pooler reads, ``mu`` / ``sigma`` its per-dimension mean and standard
+    deviation over ``pairs`` (the model as it is now: LoRA B = 0, so the base model). A pretrained
+    sentence-embedding checkpoint may carry a pooler it never used: all-MiniLM-L6-v2's maps CLS
+    states to pre-activations of about 0.05 that vary by about 0.03 across inputs, so the head
+    passes almost no signal and almost no gradient. Returns a summary (None without a pooler).
+    """
+    import torch
+
+    pooler = _saved_module(model, ("pooler",))
+    dense = getattr(pooler, "dense", None)
+    if dense is None:
+        return None
+    seen: list[Any] = []
+    hook = dense.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().double()))
+    try:
+        predict(model, encode, pairs, batch_size=batch_size)
+    finally:
+        hook.remove()
+    h = torch.cat(seen)
+    mu, sigma = h.mean(0), h.std(0).clamp_min(1e-6)
+    with torch.no_grad():
+        dense.weight.copy_(torch.diag(1.0 / sigma).to(dense.weight.dtype))
+        dense.bias.copy_((-mu / sigma).to(dense.bias.dtype))
+    return {"n_pairs": len(h), "sigma_mean": float(sigma.mean()), "mu_norm": float(mu.norm())}
 
 
 def train(
@@ -315,6 +354,10 @@ def train(
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:  # LoRA's: config.dropout
                 module.p = config.model_dropout
+    pooler_summary = None
+    if config.pooler_init == "standardize":
+        sample = random.Random(config.seed).sample(list(pairs), min(config.pooler_init_pairs, len(pairs)))
+        pooler_summary = init_pooler(model, encode, sample, batch_size=config.eval_batch_size)
     if config.task == "rm":
         if qrels is None:
             raise ConfigError("task 'rm' needs qrels for the training pairs")
@@ -394,6 +437,7 @@ def train(
         - cpu_start,  # all threads; wall time on an idle machine ~ this / threads
         "loss_first_20": float(np.mean(losses[:20])),
         "loss_last_20": float(np.mean(losses[-20:])),
+        "pooler_init": pooler_summary,
         "grad_norm_first_20": float(np.mean(grad_norms[:20])),
         "grad_norm_last_20": float(np.mean(grad_norms[-20:])),
         "loss": losses,
@@ -652,6 +696,9 @@ def register(app: Any) -> None:
         model_dropout: float = typer.Option(
             None, help="dropout of the model's own layers (default: as loaded)"
         ),
+        pooler_init: str = typer.Option(
+            "keep", help="BERT pooler: keep, or standardize (tanh of z-scored CLS)"
+        ),
         max_length: int = typer.Option(None, help="max tokens per input (default: the model's format)"),
         max_train_queries: int = typer.Option(None),
         max_eval_queries: int = typer.Option(None, help="keep the first N queries of val and test"),
@@ -697,6 +744,7 @@ def register(app: Any) -> None:
             alpha=alpha,
             dropout=dropout,
             model_dropout=model_dropout,
+            pooler_init=pooler_init,
             seed=seed,
         )
         typer.echo(json.dumps(metrics, indent=2))
