@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from conftest import headless_chromium
 from hedonic_neurons.evaluate.stats import mean_ci
 from hedonic_neurons.report.build import markdown_table, write_report
 
@@ -77,20 +78,12 @@ def test_write_report_files(tmp_path):
 def test_report_renders_in_headless_chromium(tmp_path):
     paths = write_report(fake_results(), tmp_path)
     shot = tmp_path / "shot.png"
-    cmd = [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
+    cmd = headless_chromium(
+        tmp_path / "profile",
         "--window-size=1200,1600",
         f"--screenshot={shot}",
         paths["html"].as_uri(),
-    ]
+    )
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     from PIL import Image
 

@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import headless_chromium
 from hedonic_neurons.report.sankey import sankey_figure, write_sankey
 from hedonic_neurons.tracking.run import track_partitions
 from tiny import tiny_model
@@ -80,22 +81,14 @@ def render(page, tmp_path) -> tuple[dict, str]:
     """Load ``page`` in headless Chromium (with the error hook injected first in <head>)."""
     probe = tmp_path / f"probe_{page.name}"
     probe.write_text(page.read_text().replace("<head>", "<head>" + ERROR_HOOK, 1))
-    cmd = [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
+    cmd = headless_chromium(
+        tmp_path / "profile",
         "--enable-logging=stderr",
         "--v=0",
         "--virtual-time-budget=15000",
         "--dump-dom",
         probe.as_uri(),
-    ]
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
     head = re.search(r"<html([^>]*)>", proc.stdout).group(1)
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', head))
