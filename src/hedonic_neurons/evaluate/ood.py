@@ -17,7 +17,9 @@ from hedonic_neurons.data.loaders import Pair
 from hedonic_neurons.data.metrics import ndcg_at_10, regression_metrics, scores_by_query
 
 
-def task_metric(task: str, pairs: Sequence[Pair], outputs: np.ndarray, targets: np.ndarray, qrels=None) -> float:
+def task_metric(
+    task: str, pairs: Sequence[Pair], outputs: np.ndarray, targets: np.ndarray, qrels=None
+) -> float:
     """nDCG@10 (RM, needs ``qrels``) or R² of ``outputs`` against ``targets`` (CQTR, Mean-TF/L)."""
     if task == "rm":
         return ndcg_at_10(scores_by_query(pairs, outputs.tolist()), qrels)
