@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hedonic_neurons.errors import ModelError
-from hedonic_neurons.models.adapters import MLPWeights, get_spec, mlp_modules, mlp_weights
+from hedonic_neurons.models.adapters import MLPWeights, block_list, get_spec, mlp_modules, mlp_weights
 from hedonic_neurons.neurons import ablation_logits, capture_site, full_logits, local_head
 from test_recording import PAIRS, hook_count, lively_model, lora_merged, minilm, pad_batch, sequences
 from tiny import FAMILIES, tiny_model
@@ -154,12 +154,40 @@ def test_ablation_errors_leave_no_hooks():
 
     handle = mlp_modules(model, 2).block.register_forward_pre_hook(boom)
     try:
+        blocks = list(block_list(model))
         with pytest.raises(RuntimeError, match="boom"):
             ablation_logits(model, batch, 1, [[1], [2]], reference=mlp_weights(model, 1))
         assert hook_count(model) == 1
+        assert list(block_list(model)) == blocks  # the replayed prefix is put back
     finally:
         handle.remove()
     assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reused_prefix_equals_full_recompute(family):
+    """Running the blocks below the ablated layer once per batch gives the logits of running them
+    once per set, at every layer, under either padding; the model's blocks are untouched after."""
+    base = tiny_model(family, layers=4)
+    _, merged = lora_merged(base)
+    blocks = list(block_list(merged))
+    side = "right" if family == "bert" else "left"
+    batch = pad_batch(sequences(seed=11), side)
+    calls = []
+    handle = block_list(merged)[0].register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    try:
+        for layer in range(4):
+            reference = mlp_weights(base, layer)
+            calls.clear()
+            got = ablation_logits(merged, batch, layer, SETS, reference=reference, max_batch=9)
+            # block 0 ran once on the 3 inputs (layers above 0), or in every pass (3, 3 and 1 sets)
+            assert calls == ([3] if layer > 0 else [9, 9, 3])
+            slow = ablation_logits(merged, batch, layer, SETS, reference=reference, reuse_prefix=False)
+            torch.testing.assert_close(got, slow, atol=1e-5, rtol=1e-5)
+            assert (got[1:] - got[0]).abs().max() > 1e-4
+    finally:
+        handle.remove()
+    assert list(block_list(merged)) == blocks and hook_count(merged) == 0
 
 
 @pytest.mark.slow

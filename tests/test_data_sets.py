@@ -20,6 +20,7 @@ from hedonic_neurons.data import (
     read_qrels,
     read_run,
     split_queries,
+    top_per_query,
 )
 from hedonic_neurons.errors import ConfigError
 
@@ -98,3 +99,20 @@ def test_dl19_is_test_only(shared_ir):
     ds = dl19(shared_ir)
     assert len(ds.pairs) == 4300 and list(ds.splits) == ["test"] and len(ds.splits["test"]) == 43
     assert sum(map(len, ds.qrels.values())) == 9260  # full NIST qrels, judged pids without text kept
+
+
+def test_top_per_query_keeps_file_order_and_first_stage_ndcg(shared_ir):
+    from hedonic_neurons.data import Pair
+
+    pairs = [Pair(q, f"{q}{i}", "", "") for q in "ab" for i in range(4)] + [Pair("a", "a9", "", "")]
+    assert [p.pid for p in top_per_query(pairs, 2)] == ["a0", "a1", "b0", "b1"]
+    ds = dl19(shared_ir)
+    top30 = top_per_query(ds.pairs, 30)
+    assert len(top30) == 43 * 30
+    # reranking the BM25 top-30 (file order) leaves BM25's own nDCG@10 at 0.5058
+    rank: dict[str, int] = {}
+    run: dict[str, dict[str, float]] = {}
+    for p in top30:
+        rank[p.qid] = rank.get(p.qid, 0) + 1
+        run.setdefault(p.qid, {})[p.pid] = -rank[p.qid]
+    assert round(ndcg_at_10(run, ds.qrels), 4) == 0.5058

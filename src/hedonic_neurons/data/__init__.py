@@ -29,6 +29,7 @@ from hedonic_neurons.data.splits import (
     query_ids,
     shared_ir_root,
     split_queries,
+    top_per_query,
 )
 from hedonic_neurons.data.tasks import TASKS, task_targets
 from hedonic_neurons.data.text import STOP_WORDS, cqtr, mean_tf_l, terms
@@ -69,4 +70,5 @@ __all__ = [
     "split_queries",
     "task_targets",
     "terms",
+    "top_per_query",
 ]

@@ -63,6 +63,17 @@ def query_ids(pairs: Sequence[Pair]) -> list[str]:
     return list(dict.fromkeys(p.qid for p in pairs))
 
 
+def top_per_query(pairs: Sequence[Pair], depth: int) -> list[Pair]:
+    """The first ``depth`` pairs of each query, in file order (a first-stage top-``depth``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in pairs:
+        seen[p.qid] = seen.get(p.qid, 0) + 1
+        if seen[p.qid] <= depth:
+            out.append(p)
+    return out
+
+
 def split_queries(qids: Sequence[str], fractions: dict[str, float], *, seed: int = 0) -> dict[str, list[str]]:
     """Partition distinct ``qids`` into named parts of the given fractions (seeded, sorted qids first).
 

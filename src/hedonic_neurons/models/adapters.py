@@ -137,7 +137,7 @@ def body(model: nn.Module) -> nn.Module:
 
 
 def n_layers(model: nn.Module) -> int:
-    return len(_get(body(model), get_spec(model).layers))
+    return len(block_list(model))
 
 
 def n_neurons(model_or_config: Any) -> int:
@@ -161,9 +161,14 @@ def check_layer(model: nn.Module, layer: int) -> int:
     return layer % total
 
 
+def block_list(model: nn.Module) -> nn.ModuleList:
+    """The model's list of transformer blocks (the ``nn.ModuleList`` its layer loop runs over)."""
+    return _get(body(model), get_spec(model).layers)
+
+
 def block(model: nn.Module, layer: int) -> nn.Module:
     """Transformer block ``layer``."""
-    return _get(body(model), get_spec(model).layers)[check_layer(model, layer)]
+    return block_list(model)[check_layer(model, layer)]
 
 
 @dataclass

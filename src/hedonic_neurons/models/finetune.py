@@ -561,6 +561,7 @@ def run_finetune(
     max_train_queries: int | None = None,
     max_eval_queries: int | None = None,
     max_val_queries: int | None = None,
+    test_depth: int | None = None,
     progress: bool = True,
     loader: Callable[..., tuple[Any, Encode, dict, dict]] | None = None,
     **hyper: Any,
@@ -573,11 +574,14 @@ def run_finetune(
     own ``test`` split. ``max_train_queries`` / ``max_eval_queries`` keep the first queries (in
     sorted qid order) of each split, to fit a time budget; they are recorded. ``max_val_queries``
     limits the validation split only (default: ``max_eval_queries``; 0: no validation).
+    ``test_depth`` keeps the first N candidates of each test query in file order (the first
+    stage's ranking: reranking the BM25 top-N), to fit a time budget; nDCG@10 of the first stage is
+    unchanged for N >= 10.
     """
     import torch
 
     from hedonic_neurons.artifacts import provenance, write_json
-    from hedonic_neurons.data import load_dataset
+    from hedonic_neurons.data import load_dataset, top_per_query
     from hedonic_neurons.data.tasks import check_task
     from hedonic_neurons.models.adapters import n_layers
 
@@ -599,6 +603,10 @@ def run_finetune(
     else:
         test_ds, test_split = load_dataset(test, data_root), "test"
     test_pairs, test_qids = subset(test_ds, test_split, max_eval_queries) if test_ds else ([], [])
+    if test_depth is not None:
+        if test_depth < 1:
+            raise ConfigError(f"test_depth must be >= 1 candidates per query, got {test_depth}")
+        test_pairs = top_per_query(test_pairs, test_depth)
 
     hf_model, encode, input_format, identity = (loader or load_for_finetune)(model, max_length=max_length)
     torch.manual_seed(seed)
@@ -649,6 +657,7 @@ def run_finetune(
                 "split": test_split,
                 "n_queries": len(test_qids),
                 "n_pairs": len(test_pairs),
+                "depth": test_depth,
             }
             if test_ds
             else None,
@@ -703,6 +712,7 @@ def register(app: Any) -> None:
         max_train_queries: int = typer.Option(None),
         max_eval_queries: int = typer.Option(None, help="keep the first N queries of val and test"),
         max_val_queries: int = typer.Option(None, help="keep the first N val queries (0: no validation)"),
+        test_depth: int = typer.Option(None, help="keep each test query's first N candidates (BM25 top-N)"),
         head_lr: float = typer.Option(
             None, help="learning rate of the head (classifier, pooler); default --lr"
         ),
@@ -731,6 +741,7 @@ def register(app: Any) -> None:
             max_train_queries=max_train_queries,
             max_eval_queries=max_eval_queries,
             max_val_queries=max_val_queries,
+            test_depth=test_depth,
             head_lr=head_lr,
             train_pooler=train_pooler,
             standardize=standardize,

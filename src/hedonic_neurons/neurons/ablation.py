@@ -13,20 +13,41 @@ only the neurons of set r:
 The current terms a_i W_i are removed by setting a_i (the input of the down projection) to 0 or
 m_i in a pre-hook, so the module's own weights do it (exact for ``Linear``, ``Conv1D`` and an
 unmerged LoRA layer alike); the reference terms are added by a forward hook.
+
+The blocks below the ablated layer do not depend on the neuron set, so by default they run once
+per batch (unrepeated): their output at the last of them is cached, and in the repeated pass those
+blocks are swapped for stand-ins that return the cached output (:class:`_Replay`). Each neuron set
+then costs only the blocks from the ablated layer up; the embeddings still run per set (cheap).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from hedonic_neurons.errors import ModelError
-from hedonic_neurons.models.adapters import MLPWeights, check_layer, mlp_modules, n_layers, n_neurons
+from hedonic_neurons.models.adapters import (
+    MLPWeights,
+    block,
+    block_list,
+    check_layer,
+    mlp_modules,
+    n_layers,
+    n_neurons,
+)
 from hedonic_neurons.neurons.readout import local_head, site_hooks
-from hedonic_neurons.neurons.recording import hf_model, hooks, model_inputs, readout_positions, run_forward
+from hedonic_neurons.neurons.recording import (
+    _StopForward,
+    hf_model,
+    hooks,
+    model_inputs,
+    readout_positions,
+    run_forward,
+)
 
 MODES = ("reference", "zero", "mean")
 READOUTS = ("full", "local")
@@ -50,9 +71,60 @@ def set_masks(
 
 
 def _repeat(value: Any, times: int, batch_size: int) -> Any:
+    """``value`` with its batch dimension repeated ``times`` (tensors, also inside tuples/lists)."""
     if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch_size:
         return value.repeat(times, *([1] * (value.dim() - 1)))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_repeat(v, times, batch_size) for v in value)
     return value
+
+
+class _Replay(nn.Module):
+    """Stands in for a block below the ablated layer: returns a cached output, computes nothing.
+
+    The block's plain attributes (``attention_type``, ``layer_idx``...) are copied, because some
+    models read them in their layer loop.
+    """
+
+    def __init__(self, original: nn.Module, output: Any) -> None:
+        super().__init__()
+        for key, value in vars(original).items():
+            if not key.startswith("_") and key != "training":
+                object.__setattr__(self, key, value)
+        self.output = output
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.output
+
+
+@torch.no_grad()
+def _prefix_output(model: nn.Module, inputs: dict[str, Any], layer: int) -> Any:
+    """Output of block ``layer - 1`` on the unrepeated batch (the forward stops there)."""
+    store: dict[str, Any] = {}
+
+    def save(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        store["out"] = output
+        raise _StopForward
+
+    with hooks() as hook_set:
+        hook_set.post(block(model, layer - 1), save)
+        run_forward(model, inputs)
+    return store["out"]
+
+
+@contextmanager
+def _replayed_prefix(model: nn.Module, layer: int, output: Any) -> Iterator[None]:
+    """Blocks 0..layer-1 swapped for :class:`_Replay` stand-ins returning ``output``; restored on
+    exit, also after an exception."""
+    blocks = block_list(model)
+    originals = [blocks[i] for i in range(layer)]
+    try:
+        for i, original in enumerate(originals):
+            blocks[i] = _Replay(original, output)
+        yield
+    finally:
+        for i, original in enumerate(originals):
+            blocks[i] = original
 
 
 def _sub_weights(reference: MLPWeights, cols: torch.Tensor, dtype: torch.dtype) -> MLPWeights:
@@ -82,6 +154,7 @@ def ablation_logits(
     norm: bool = True,
     score_token_id: int | None = None,
     max_batch: int | None = None,
+    reuse_prefix: bool = True,
 ) -> torch.Tensor:
     """Logits with each neuron set of ``layer`` ablated, (len(neuron_sets), B); no gradient.
 
@@ -92,6 +165,8 @@ def ablation_logits(
     after it; the forward stops there). ``norm=False`` drops the head's nonlinearity (linear
     readout). ``score_token_id``: for causal LMs (see :func:`local_head`). ``max_batch``: at most
     this many rows (sets x inputs) per forward pass; default: all sets in one pass.
+    ``reuse_prefix``: run the blocks below ``layer`` once per batch, not once per set (same
+    result; see the module docstring).
     """
     if mode not in MODES:
         raise ModelError(f"unknown ablation mode '{mode}' (expected one of {', '.join(MODES)})")
@@ -118,6 +193,7 @@ def ablation_logits(
     head = local_head(model, head_layer, norm=norm, score_token_id=score_token_id)
     positions = readout_positions(model, mask)
     per_pass = max(1, len(masks) if not max_batch else int(max_batch) // batch_size)
+    prefix = _prefix_output(model, inputs, layer) if reuse_prefix and layer > 0 and len(masks) else None
     out = [
         _ablated_pass(
             model,
@@ -127,9 +203,11 @@ def ablation_logits(
             mode,
             reference,
             means,
+            layer,
             head_layer,
             head,
             positions,
+            prefix,
         )
         for start in range(0, len(masks), per_pass)
     ]
@@ -147,9 +225,11 @@ def _ablated_pass(
     mode: str,
     reference: MLPWeights | None,
     means: torch.Tensor | None,
+    layer: int,
     head_layer: int,
     head: Any,
     positions: torch.Tensor,
+    prefix: Any = None,
 ) -> torch.Tensor:
     sets, batch_size = masks.shape[0], positions.shape[0]
     rep = {key: _repeat(value, sets, batch_size) for key, value in inputs.items()}
@@ -179,7 +259,11 @@ def _ablated_pass(
         else:
             hook_set.pre(mods.down, replace)
         site_hooks(model, head_layer, hook_set, store)
-        run_forward(model, rep)
+        if prefix is None:
+            run_forward(model, rep)
+        else:
+            with _replayed_prefix(model, layer, _repeat(prefix, sets, batch_size)):
+                run_forward(model, rep)
     resid = store["resid"]
     rows = torch.arange(resid.shape[0], device=resid.device)
     return head(resid[rows, positions.repeat(sets)]).reshape(sets, batch_size)
