@@ -140,3 +140,21 @@ def test_run_config_errors_exit_2_with_one_line(tmp_path, capsys, text, message)
 def test_demo_config_file_matches_builtin():
     from_file = load_config(REPO / "configs" / "demo.yaml")
     assert from_file == load_config(None, DEMO_CONFIG)
+
+
+def test_test_depth_keeps_each_querys_first_candidates(shared_ir):
+    """data.test.depth: rerank a first stage's top-N; whole queries are still drawn."""
+    from collections import Counter
+
+    from hedonic_neurons.config import PairSource
+    from hedonic_neurons.data import read_rerank_input
+    from hedonic_neurons.pipeline import load_split
+
+    rerank = shared_ir / "dl19" / "rerank_input.bm25_top100.tsv.gz"
+    source = PairSource(rerank=str(rerank), qrels=str(shared_ir / "dl19" / "qrels.txt"), depth=20)
+    pairs, _, desc = load_split(source, "test", 100, 0, "rm")
+    counts = Counter(p.qid for p in pairs)
+    assert len(counts) == 5 and set(counts.values()) == {20} and "top 20 per query" in desc
+    full = read_rerank_input(rerank)
+    for qid in counts:
+        assert [p.pid for p in pairs if p.qid == qid] == [p.pid for p in full if p.qid == qid][:20]

@@ -30,6 +30,8 @@ class PairSource(_Strict):
 
     rerank: str  # qid \t pid \t query \t passage (.gz allowed)
     qrels: str | None = None  # TREC "qid 0 pid grade" or MS MARCO qrels
+    # keep each query's first `depth` candidates in file order (rerank a first stage's top-N)
+    depth: int | None = Field(None, ge=1)
 
 
 class DataConfig(_Strict):

@@ -100,7 +100,7 @@ def load_split(
 
     For RM only judged queries are kept (an unjudged query has no relevance to predict).
     """
-    from hedonic_neurons.data import demo_corpus, read_qrels, read_rerank_input
+    from hedonic_neurons.data import demo_corpus, read_qrels, read_rerank_input, top_per_query
 
     if source == "demo":
         ds = demo_corpus(seed=seed)
@@ -113,6 +113,9 @@ def load_split(
         pairs = read_rerank_input(source.rerank)
         qrels = read_qrels(source.qrels) if source.qrels else {}
         desc = source.rerank
+        if source.depth:
+            pairs = top_per_query(pairs, source.depth)
+            desc += f" (top {source.depth} per query)"
     keep = set(qrels) if task == "rm" else None
     chosen = _limit_by_query(pairs, max_pairs, seed, keep)
     n_queries = len({p.qid for p in chosen})
