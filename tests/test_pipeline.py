@@ -158,3 +158,11 @@ def test_test_depth_keeps_each_querys_first_candidates(shared_ir):
     full = read_rerank_input(rerank)
     for qid in counts:
         assert [p.pid for p in pairs if p.qid == qid] == [p.pid for p in full if p.qid == qid][:20]
+
+
+def test_config_keeps_depth_and_resolves_paths(tmp_path):
+    (tmp_path / "pairs.tsv").write_text("q1\tp1\tquery\tpassage\n")
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  test: {rerank: pairs.tsv, depth: 20}\n")
+    cfg = load_config(path)
+    assert cfg.data.test.depth == 20 and cfg.data.test.rerank == str(tmp_path / "pairs.tsv")

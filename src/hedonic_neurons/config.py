@@ -191,9 +191,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for split in ("train", "test"):
         src = getattr(data, split)
         if isinstance(src, PairSource):
-            src = PairSource(
-                rerank=_resolve(src.rerank, base, f"{source}: data.{split}.rerank"),
-                qrels=_resolve(src.qrels, base, f"{source}: data.{split}.qrels") if src.qrels else None,
+            src = src.model_copy(
+                update={
+                    "rerank": _resolve(src.rerank, base, f"{source}: data.{split}.rerank"),
+                    "qrels": _resolve(src.qrels, base, f"{source}: data.{split}.qrels")
+                    if src.qrels
+                    else None,
+                }
             )
             data = data.model_copy(update={split: src})
     updates["data"] = data
