@@ -9,7 +9,7 @@ import zlib
 import pytest
 import torch
 
-from hedonic_neurons.data import demo_corpus, task_targets
+from hedonic_neurons.data import Pair, demo_corpus, task_targets
 from hedonic_neurons.errors import ConfigError, ModelError
 from hedonic_neurons.models.adapters import mlp_module_names
 from hedonic_neurons.models.finetune import (
@@ -188,3 +188,54 @@ def test_init_pooler_standardizes_the_cls_state_per_dimension(demo):
     assert pre.mean(0) == pytest.approx(torch.zeros(pre.shape[1]), abs=1e-4)
     assert pre.std(0) == pytest.approx(torch.ones(pre.shape[1]), abs=1e-3)
     assert init_pooler(add_lora(tiny_model("llama", layers=2), [1]), encode, pairs) is None
+
+
+def test_crop_passage_is_a_contiguous_span_of_at_least_30_percent():
+    from hedonic_neurons.data import Pair
+    from hedonic_neurons.models.finetune import crop_passage
+
+    words = [f"w{i}" for i in range(20)]
+    pair = Pair("q", "p", "query", " ".join(words))
+    rng = random.Random(0)
+    lengths = set()
+    for _ in range(200):
+        got = crop_passage(pair, rng).passage.split()
+        start = words.index(got[0])
+        assert got == words[start : start + len(got)] and len(got) >= 6
+        lengths.add(len(got))
+    assert min(lengths) == 6 and max(lengths) == 20
+    assert crop_passage(Pair("q", "p", "query", "one"), rng).passage == "one"
+
+
+def test_augment_trains_on_crops_with_recomputed_targets(demo):
+    """With augment=1 every passage the model sees is a crop, and the loss of each step is the MSE
+    against the standardised target of the cropped pair (not of the original)."""
+    pairs = demo.split_pairs("train")[:48]
+    model = add_lora(tiny_model("llama", layers=2), [1], rank=4, alpha=8, dropout=0.0)
+    seen = []
+
+    def spy(queries, passages):
+        seen.append((list(queries), list(passages)))
+        return encode(queries, passages)
+
+    cfg = FinetuneConfig(
+        task="cqtr", lr=1e-12, head_lr=1e-12, batch_size=16, max_steps=3, augment=1.0, seed=0
+    )
+    log = train(model, spy, pairs, cfg, progress=False)
+    scale = task_targets(pairs, "cqtr").std()  # llama's score has no bias: the target is only scaled
+    by_query = {}
+    for p in pairs:
+        by_query.setdefault(p.query, []).append(p.passage)
+    shorter = 0
+    for step, (queries, passages) in enumerate(seen):
+        for q, text in zip(queries, passages):
+            assert any(f" {text} " in f" {orig} " for orig in by_query[q])  # a span of one of its passages
+            shorter += all(len(text) < len(orig) for orig in by_query[q])
+        cropped = [Pair("q", "p", q, text) for q, text in zip(queries, passages)]
+        y = task_targets(cropped, "cqtr") / scale
+        with torch.no_grad():  # the trained head outputs the raw scale: back to the loss's scale
+            out = model(**encode(queries, passages)).logits.squeeze(-1).double().numpy() / scale
+        assert log["loss"][step] == pytest.approx(float(((out - y) ** 2).mean()), rel=1e-4)
+    assert shorter > 10
+    with pytest.raises(ConfigError, match="augment"):
+        FinetuneConfig(task="rm", augment=0.5)

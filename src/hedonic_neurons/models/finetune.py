@@ -15,6 +15,12 @@
   so the saved model outputs the raw target's scale: the trained objective is MSE on the raw target
   divided by its variance (the optimum is the same; only the optimiser's conditioning changes). A
   head without a bias (decoders' ``score``) is only scaled (``mean`` = 0 is recorded).
+- ``augment`` (regression only): with this probability, each training pair drawn is replaced by
+  the same query with a random contiguous span of the passage's words (:func:`crop_passage`, 30%
+  to 100% of them), and its target is recomputed from the cropped text with the same function.
+  The targets are exact functions of the text, so this adds new exactly-labelled pairs (other
+  passage lengths and term counts) rather than noise; it counters memorising the 480 training
+  queries over several epochs. The order of the batches does not change with it.
 - ``rm``: grouped softmax cross-entropy over 1 positive (a candidate judged relevant, at index 0)
   and ``group_size - 1`` hard negatives drawn from the rest of the query's candidate list
   (BM25 candidates not judged relevant). Queries without a relevant candidate are skipped.
@@ -106,6 +112,7 @@ class FinetuneConfig:
     model_dropout: float | None = None  # dropout p of the base model's own Dropout modules; None: as loaded
     pooler_init: str = "keep"  # BERT pooler: "keep" the checkpoint's, or "standardize" (see init_pooler)
     pooler_init_pairs: int = 512  # training pairs (a seeded sample) used by pooler_init="standardize"
+    augment: float = 0.0  # regression: probability of cropping a drawn training passage (crop_passage)
 
     def __post_init__(self) -> None:
         from hedonic_neurons.data.tasks import check_task
@@ -129,6 +136,8 @@ class FinetuneConfig:
             raise ConfigError(f"pooler_init must be 'keep' or 'standardize', got {self.pooler_init!r}")
         if self.bucket < 1:
             raise ConfigError(f"bucket must be >= 1, got {self.bucket}")
+        if not 0.0 <= self.augment <= 1.0 or (self.augment and self.task == "rm"):
+            raise ConfigError(f"augment must be in [0, 1] and only for cqtr / mean_tf_l, got {self.augment}")
 
 
 # ---------------------------------------------------------------------------------------- LoRA
@@ -203,6 +212,20 @@ def regression_batches(
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def crop_passage(pair: Pair, rng: random.Random, min_fraction: float = 0.3) -> Pair:
+    """``pair`` with its passage cut to a random contiguous span of its whitespace-separated words,
+    at least ``min_fraction`` of them (span length uniform, then start uniform)."""
+    from hedonic_neurons.data import Pair
+
+    words = pair.passage.split()
+    n = len(words)
+    if n < 2:
+        return pair
+    length = rng.randint(max(1, math.ceil(min_fraction * n)), n)
+    start = rng.randint(0, n - length)
+    return Pair(pair.qid, pair.pid, pair.query, " ".join(words[start : start + length]))
 
 
 def rm_groups(
@@ -377,6 +400,7 @@ def train(
         shift = float(raw.mean()) if linear is not None and linear.bias is not None else 0.0
         scale = float(raw.std()) if linear is not None and raw.std() > 0 else 1.0
         targets = torch.tensor((raw - shift) / scale, dtype=torch.float32)
+        crop_rng = random.Random(config.seed + 1)  # its own stream: the batch order does not change
         lengths = [_text_length(p) for p in pairs]
 
         def epoch() -> list[list[int]]:
@@ -408,13 +432,18 @@ def train(
         if not queue:
             queue = epoch()
         idx = queue.pop(0)
-        batch = encode([pairs[i].query for i in idx], [pairs[i].passage for i in idx])
+        drawn = [pairs[i] for i in idx]
+        y = None if config.task == "rm" else targets[idx]
+        if config.augment:
+            drawn = [crop_passage(p, crop_rng) if crop_rng.random() < config.augment else p for p in drawn]
+            y = torch.tensor((task_targets(drawn, config.task) - shift) / scale, dtype=torch.float32)
+        batch = encode([p.query for p in drawn], [p.passage for p in drawn])
         logits = _logits(model, batch)
-        if config.task == "rm":
+        if y is None:
             grouped = logits.view(-1, config.group_size)
             loss = torch.nn.functional.cross_entropy(grouped, torch.zeros(len(grouped), dtype=torch.long))
         else:
-            loss = torch.nn.functional.mse_loss(logits, targets[idx].to(logits.device))
+            loss = torch.nn.functional.mse_loss(logits, y.to(logits.device))
         loss.backward()
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)))
         optim.step()
@@ -708,6 +737,9 @@ def register(app: Any) -> None:
         pooler_init: str = typer.Option(
             "keep", help="BERT pooler: keep, or standardize (tanh of z-scored CLS)"
         ),
+        augment: float = typer.Option(
+            0.0, help="cqtr/mean_tf_l: probability of cropping a training passage (target recomputed)"
+        ),
         max_length: int = typer.Option(None, help="max tokens per input (default: the model's format)"),
         max_train_queries: int = typer.Option(None),
         max_eval_queries: int = typer.Option(None, help="keep the first N queries of val and test"),
@@ -756,6 +788,7 @@ def register(app: Any) -> None:
             dropout=dropout,
             model_dropout=model_dropout,
             pooler_init=pooler_init,
+            augment=augment,
             seed=seed,
         )
         typer.echo(json.dumps(metrics, indent=2))
