@@ -40,7 +40,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,15 +217,13 @@ def regression_batches(
 def crop_passage(pair: Pair, rng: random.Random, min_fraction: float = 0.3) -> Pair:
     """``pair`` with its passage cut to a random contiguous span of its whitespace-separated words,
     at least ``min_fraction`` of them (span length uniform, then start uniform)."""
-    from hedonic_neurons.data import Pair
-
     words = pair.passage.split()
     n = len(words)
     if n < 2:
         return pair
     length = rng.randint(max(1, math.ceil(min_fraction * n)), n)
     start = rng.randint(0, n - length)
-    return Pair(pair.qid, pair.pid, pair.query, " ".join(words[start : start + length]))
+    return replace(pair, passage=" ".join(words[start : start + length]))
 
 
 def rm_groups(
