@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,9 @@ from hedonic_neurons.models.finetune import (
     FinetuneConfig,
     add_lora,
     default_layer_band,
+    head_features,
+    head_linear,
+    init_head_probe,
     init_pooler,
     parse_layers,
     predict,
@@ -188,6 +192,47 @@ def test_init_pooler_standardizes_the_cls_state_per_dimension(demo):
     assert pre.mean(0) == pytest.approx(torch.zeros(pre.shape[1]), abs=1e-4)
     assert pre.std(0) == pytest.approx(torch.ones(pre.shape[1]), abs=1e-3)
     assert init_pooler(add_lora(tiny_model("llama", layers=2), [1]), encode, pairs) is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_head_features_are_the_pooled_input_of_the_head(demo, family):
+    """logit = features @ W.T + b for every architecture: the model's own pooling picks the rows
+    (BERT: pooler output; decoders: the last non-pad token, with right padding here)."""
+    pairs = demo.split_pairs("train")[:11]
+    model = add_lora(tiny_model(family, layers=2), [1], rank=4, alpha=8, dropout=0.0)
+    linear = head_linear(model)
+    x = head_features(model, encode, pairs, batch_size=4)
+    assert x.shape == (11, linear.in_features)
+    w = linear.weight.detach().double().numpy().ravel()
+    b = 0.0 if linear.bias is None else float(linear.bias.detach())
+    assert x @ w + b == pytest.approx(predict(model, encode, pairs, batch_size=4), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_head_probe_recovers_a_linear_target(demo, family):
+    """A target that is a linear function of the head features is fitted almost exactly; the head
+    then outputs it, and the features (the base model) are untouched."""
+    pairs = demo.split_pairs("train")[:120]
+    model = add_lora(tiny_model(family, layers=2), [1], rank=4, alpha=8, dropout=0.0)
+    x = head_features(model, encode, pairs)
+    w_true = np.random.default_rng(0).normal(size=x.shape[1])
+    y = x @ w_true + (0.5 if family == "bert" else 0.0)
+    summary = init_head_probe(model, encode, pairs, y, batch_size=32)
+    assert summary["n_pairs"] == 120 and summary["pearson_in_sample"] > 0.99
+    assert np.corrcoef(predict(model, encode, pairs), y)[0, 1] > 0.99
+    assert head_features(model, encode, pairs) == pytest.approx(x, abs=1e-6)  # only the head changed
+
+
+def test_train_with_head_probe_records_it(demo):
+    pairs = demo.split_pairs("train")[:200]
+    model = add_lora(tiny_model("llama", layers=2), [1], rank=4, alpha=8, dropout=0.0)
+    cfg = FinetuneConfig(
+        task="rm", lr=1e-12, batch_size=8, group_size=4, max_steps=1, head_init="probe", pooler_init_pairs=16
+    )
+    log = train(model, encode, pairs, cfg, qrels=demo.qrels, progress=False)
+    assert log["head_init"]["n_pairs"] == 16  # 8 queries x (one relevant, one other)
+    with pytest.raises(ConfigError, match="head_init"):
+        FinetuneConfig(task="cqtr", head_init="ridge")
 
 
 def test_crop_passage_is_a_contiguous_span_of_at_least_30_percent():

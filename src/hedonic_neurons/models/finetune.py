@@ -111,7 +111,8 @@ class FinetuneConfig:
     bucket: int = 8  # length bucketing: sort chunks of `bucket` batches by text length (1: off)
     model_dropout: float | None = None  # dropout p of the base model's own Dropout modules; None: as loaded
     pooler_init: str = "keep"  # BERT pooler: "keep" the checkpoint's, or "standardize" (see init_pooler)
-    pooler_init_pairs: int = 512  # training pairs (a seeded sample) used by pooler_init="standardize"
+    pooler_init_pairs: int = 512  # training pairs (a seeded sample) used by pooler_init and head_init
+    head_init: str = "keep"  # final head linear: "keep" (as loaded / random), or "probe" (init_head_probe)
     augment: float = 0.0  # regression: probability of cropping a drawn training passage (crop_passage)
 
     def __post_init__(self) -> None:
@@ -134,6 +135,8 @@ class FinetuneConfig:
             raise ConfigError(f"model_dropout must be in [0, 1), got {self.model_dropout}")
         if self.pooler_init not in ("keep", "standardize"):
             raise ConfigError(f"pooler_init must be 'keep' or 'standardize', got {self.pooler_init!r}")
+        if self.head_init not in ("keep", "probe"):
+            raise ConfigError(f"head_init must be 'keep' or 'probe', got {self.head_init!r}")
         if self.bucket < 1:
             raise ConfigError(f"bucket must be >= 1, got {self.bucket}")
         if not 0.0 <= self.augment <= 1.0 or (self.augment and self.task == "rm"):
@@ -280,7 +283,9 @@ def _logits(model: Any, batch: Any) -> Any:
 def predict(
     model: Any, encode: Encode, pairs: Sequence[Pair], *, batch_size: int = 64, progress: bool = False
 ):
-    """The model's logit for every pair (float64 array), in eval mode without gradients."""
+    """The model's logit for every pair (float64 array), in eval mode without gradients.
+
+    A model whose (pooled) output has several values per pair gives one row per pair."""
     import torch
     from tqdm.auto import tqdm
 
@@ -295,8 +300,9 @@ def predict(
     model.train(was_training)
     if not out:
         return np.zeros(0)
-    scores = np.empty(len(pairs))
-    scores[order] = torch.cat(out).double().numpy()
+    rows = torch.cat(out).double().numpy()
+    scores = np.empty_like(rows)
+    scores[order] = rows
     return scores
 
 
@@ -353,6 +359,55 @@ def init_pooler(model: Any, encode: Encode, pairs: Sequence[Pair], *, batch_size
     return {"n_pairs": len(h), "sigma_mean": float(sigma.mean()), "mu_norm": float(mu.norm())}
 
 
+def head_features(model: Any, encode: Encode, pairs: Sequence[Pair], *, batch_size: int = 64) -> np.ndarray:
+    """The input of the final head linear at the pooled position, one row per pair (float64).
+
+    The final linear is bypassed (a forward hook returns its input), so the model's own pooling
+    (BERT: the classifier input after the pooler; decoders: the ``score`` input at the last non-pad
+    token) picks the rows: ``logit = features @ W.T + b`` exactly, for every architecture."""
+    linear = head_linear(model)
+    hook = linear.register_forward_hook(lambda _m, args, _out: args[0])
+    try:
+        return predict(model, encode, pairs, batch_size=batch_size)
+    finally:
+        hook.remove()
+
+
+def init_head_probe(
+    model: Any, encode: Encode, pairs: Sequence[Pair], targets: np.ndarray, *, batch_size: int = 64
+) -> dict:
+    """Set the final head linear to a ridge regression of ``targets`` on :func:`head_features`.
+
+    Linear probing before fine-tuning (LP-FT, Kumar et al., ICLR 2022): a randomly initialised head
+    passes the LoRA layers gradients along a random direction, and SmolLM2's runs spent 200-300
+    steps at chance loss before learning. The probe is fitted on the model as it is now (LoRA B = 0:
+    the base model) by scikit-learn's ``RidgeCV`` (leave-one-out choice of the penalty among 13
+    values spaced by log over ``1e-4 .. 1e2`` times the mean squared feature); with an intercept only
+    if the head has a bias (decoders' ``score`` has none). Returns a summary with the probe's
+    in-sample Pearson correlation.
+    """
+    import torch
+    from sklearn.linear_model import RidgeCV
+
+    linear = head_linear(model)
+    x = head_features(model, encode, pairs, batch_size=batch_size)
+    y = np.asarray(targets, dtype=np.float64)
+    if x.ndim != 2 or x.shape != (len(y), linear.in_features):
+        raise ModelError(f"head features of shape {x.shape}, expected ({len(y)}, {linear.in_features})")
+    scale = float(np.mean(x**2)) or 1.0
+    ridge = RidgeCV(alphas=scale * np.logspace(-4, 2, 13), fit_intercept=linear.bias is not None).fit(x, y)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(ridge.coef_, dtype=linear.weight.dtype).view_as(linear.weight))
+        if linear.bias is not None:
+            linear.bias.fill_(float(ridge.intercept_))
+    fit = x @ ridge.coef_ + (ridge.intercept_ if linear.bias is not None else 0.0)
+    return {
+        "n_pairs": len(y),
+        "alpha": float(ridge.alpha_),
+        "pearson_in_sample": float(np.corrcoef(fit, y)[0, 1]) if np.std(fit) > 0 and np.std(y) > 0 else 0.0,
+    }
+
+
 def train(
     model: Any,
     encode: Encode,
@@ -391,6 +446,11 @@ def train(
             return rm_batches(groups, config.group_size, qps, rng)
 
         n_batches = math.ceil(len(groups) / qps)
+        if config.head_init == "probe":  # balanced: one relevant and one other candidate per query
+            probe_rng = random.Random(config.seed)
+            chosen = probe_rng.sample(groups, min(len(groups), max(1, config.pooler_init_pairs // 2)))
+            probe_idx = [i for pos, neg in chosen for i in (probe_rng.choice(pos), probe_rng.choice(neg))]
+            probe_y = np.tile([1.0, 0.0], len(chosen))
         units = {"train_queries": len(groups), "skipped_queries": skipped}
     else:
         raw = task_targets(pairs, config.task)
@@ -405,12 +465,21 @@ def train(
             return regression_batches(len(pairs), config.batch_size, rng, lengths, config.bucket)
 
         n_batches = math.ceil(len(pairs) / config.batch_size)
+        if config.head_init == "probe":
+            probe_idx = random.Random(config.seed).sample(
+                range(len(pairs)), min(config.pooler_init_pairs, len(pairs))
+            )
+            probe_y = targets[probe_idx].numpy()
         units = {
             "train_pairs": len(pairs),
             "target_mean": float(raw.mean()),
             "target_var": float(raw.var()),
             "standardized": {"shift": shift, "scale": scale} if linear is not None else None,
         }
+    head_summary = None
+    if config.head_init == "probe":
+        sample = [pairs[i] for i in probe_idx]
+        head_summary = init_head_probe(model, encode, sample, probe_y, batch_size=config.eval_batch_size)
     steps = config.max_steps or max(1, round(config.epochs * n_batches))
     params = [p for p in model.parameters() if p.requires_grad]
     head = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
@@ -465,6 +534,7 @@ def train(
         "loss_first_20": float(np.mean(losses[:20])),
         "loss_last_20": float(np.mean(losses[-20:])),
         "pooler_init": pooler_summary,
+        "head_init": head_summary,
         "grad_norm_first_20": float(np.mean(grad_norms[:20])),
         "grad_norm_last_20": float(np.mean(grad_norms[-20:])),
         "loss": losses,
@@ -735,6 +805,9 @@ def register(app: Any) -> None:
         pooler_init: str = typer.Option(
             "keep", help="BERT pooler: keep, or standardize (tanh of z-scored CLS)"
         ),
+        head_init: str = typer.Option(
+            "keep", help="final head linear: keep, or probe (ridge fit on the frozen model's features)"
+        ),
         augment: float = typer.Option(
             0.0, help="cqtr/mean_tf_l: probability of cropping a training passage (target recomputed)"
         ),
@@ -786,6 +859,7 @@ def register(app: Any) -> None:
             dropout=dropout,
             model_dropout=model_dropout,
             pooler_init=pooler_init,
+            head_init=head_init,
             augment=augment,
             seed=seed,
         )
