@@ -439,8 +439,11 @@ class Pipeline:
         h_test = heuristic_features(self.test, corpus="query").matrix()
         phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         rows: list[dict[str, Any]] = []
-        bar = tqdm(total=len(cfg.layers), desc="evaluate", unit="layer", disable=not self.progress)
+        bar = tqdm(  # ablation passes over the test pairs dominate: count pairs, layer by layer
+            total=len(cfg.layers) * len(self.test), desc="evaluate", unit="pair", disable=not self.progress
+        )
         for layer in cfg.layers:
+            bar.set_postfix(layer=layer)
             phis = {m: self.phi(m, layer) for m in cfg.phi.metrics}
             phi = phis[phi_metric]
             a_train, a_test = self.acts("train", layer), self.acts("test", layer)
@@ -460,7 +463,12 @@ class Pipeline:
             # one batched ablation pass over the test pairs for every distinct coalition of the layer
             unique = sorted({tuple(c) for _, _, chosen, _ in plan for c in chosen})
             base, ablated = ablated_outputs(
-                self.nm, self.test, layer, [list(c) for c in unique], batch_size=cfg.phi.batch_size
+                self.nm,
+                self.test,
+                layer,
+                [list(c) for c in unique],
+                batch_size=cfg.phi.batch_size,
+                progress=bar,
             )
             drop_of = dict(
                 zip(unique, ood_drops(cfg.task, self.test, y_test, base, ablated, self.test_qrels))
@@ -497,7 +505,6 @@ class Pipeline:
                     row["ridge_r2"], row["ridge_alpha"] = macro_feature_r2(c_train, y_train, c_test, y_test)
                     row["synergy"] = float(np.mean([_mean_pair(phi, c) for c in chosen]))
                 rows.append(row)
-            bar.update(1)
         bar.close()
         self.evaluation = {"rows": rows, "phi_for_synergy_and_certificate": phi_metric}
         write_json(path, self.evaluation)
