@@ -284,3 +284,19 @@ def test_augment_trains_on_crops_with_recomputed_targets(demo):
     assert shorter > 10
     with pytest.raises(ConfigError, match="augment"):
         FinetuneConfig(task="rm", augment=0.5)
+
+
+def test_finetune_template_reaches_the_encoder_and_the_record(tmp_path):
+    """--template changes what a decoder reads (the query after the passage) and is recorded."""
+    from hedonic_neurons.models.finetune import load_for_finetune
+    from test_loading import save_tiny
+
+    base = save_tiny(tmp_path / "base", "llama", layers=2)
+    doc_first = "document: {passage} query: {query}"
+    _, enc_default, fmt_default, _ = load_for_finetune(str(base), max_length=64)
+    _, enc_doc_first, fmt, _ = load_for_finetune(str(base), max_length=64, template=doc_first)
+    assert (fmt["template"], fmt["max_length"]) == (doc_first, 64)
+    assert fmt_default["template"] == "query: {query} document: {passage}"
+    a = enc_default(["alpha beta"], ["gamma delta"])["input_ids"][0].tolist()
+    b = enc_doc_first(["alpha beta"], ["gamma delta"])["input_ids"][0].tolist()
+    assert a != b and sorted(a) == sorted(b)  # the same tokens, passage first

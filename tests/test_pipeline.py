@@ -15,6 +15,7 @@ import yaml
 
 from hedonic_neurons.cli import main
 from hedonic_neurons.config import load_config
+from hedonic_neurons.errors import ConfigError
 from hedonic_neurons.pipeline import DEMO_CONFIG
 from test_loading import make_adapter, save_tiny
 
@@ -166,3 +167,23 @@ def test_config_keeps_depth_and_resolves_paths(tmp_path):
     path.write_text("data:\n  test: {rerank: pairs.tsv, depth: 20}\n")
     cfg = load_config(path)
     assert cfg.data.test.depth == 20 and cfg.data.test.rerank == str(tmp_path / "pairs.tsv")
+
+
+def test_run_uses_the_template_the_adapter_was_trained_with(tmp_path):
+    """An adapter's finetune.json records its input template; hedonic run formats inputs with it,
+    and without a record (or without an adapter) uses the default template."""
+    from hedonic_neurons.models.inputs import DEFAULT_TEMPLATE
+    from hedonic_neurons.pipeline import Pipeline
+
+    cfg = load_config(tiny_run_config(tmp_path))
+    run = Pipeline(cfg, tmp_path / "out", progress=False)
+    assert run._input_format(cfg.adapter).template == DEFAULT_TEMPLATE
+    assert run._input_format(None).template == DEFAULT_TEMPLATE
+    doc_first = "document: {passage} query: {query}"
+    record = {"input_format": {"template": doc_first, "max_length": 64}}
+    (Path(cfg.adapter).parent / "finetune.json").write_text(json.dumps(record))
+    fmt = run._input_format(cfg.adapter)
+    assert (fmt.template, fmt.max_length) == (doc_first, 32)  # max_length: the run config's
+    (Path(cfg.adapter).parent / "finetune.json").write_text(json.dumps({"input_format": None}))
+    with pytest.raises(ConfigError, match="input_format.template"):
+        run._input_format(cfg.adapter)

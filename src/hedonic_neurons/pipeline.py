@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ class Pipeline:
         adapter = self.stage_finetune()
         del base
         self.nm = load_model(
-            cfg.model, adapter=adapter, reference=cfg.reference, input_format=self._input_format()
+            cfg.model, adapter=adapter, reference=cfg.reference, input_format=self._input_format(adapter)
         )
         steps: list[tuple[str, Callable[[], None]]] = [
             ("phi", self.stage_phi),
@@ -180,10 +181,22 @@ class Pipeline:
                 break
         return self.out / "report.html"
 
-    def _input_format(self):
+    def _input_format(self, adapter: str | None = None):
+        """The input format: ``max_length`` from the config; the template the adapter was trained
+        with (``input_format.template`` in the ``finetune.json`` beside its folder), else the default."""
         from hedonic_neurons.models.inputs import InputFormat
 
-        return InputFormat(max_length=self.cfg.max_length)
+        fmt = InputFormat(max_length=self.cfg.max_length)
+        record = Path(adapter).parent / "finetune.json" if adapter else None
+        if record is not None and record.is_file():
+            try:
+                template = read_json(record)["input_format"]["template"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"{record}: expected the input_format.template of 'hedonic finetune' ({exc})"
+                ) from None
+            fmt = replace(fmt, template=template)
+        return fmt
 
     def stage_finetune(self) -> str | None:
         cfg = self.cfg

@@ -576,14 +576,19 @@ def _candidate_order_scores(pairs: Sequence[Pair]) -> list[float]:
 # ------------------------------------------------------------------------------------- models
 
 
-def load_for_finetune(name_or_path: str, *, max_length: int | None = None) -> tuple[Any, Encode, dict, dict]:
+def load_for_finetune(
+    name_or_path: str, *, max_length: int | None = None, template: str | None = None
+) -> tuple[Any, Encode, dict, dict]:
     """(HF model with a one-logit head, encode function, input format dict, identity dict).
 
-    Uses :func:`hedonic_neurons.models.load_model` (the project's one loader) when it exists;
+    ``template``: the decoder input template (default :data:`~hedonic_neurons.models.inputs.DEFAULT_TEMPLATE`;
+    encoders use the tokenizer's pair encoding and ignore it). Uses
+    :func:`hedonic_neurons.models.load_model` (the project's one loader) when it exists;
     until then, transformers directly (built-in name ``minilm``, or a local folder)."""
     from hedonic_neurons.models.inputs import InputFormat
 
-    fmt = InputFormat(max_length=max_length) if max_length else InputFormat()
+    fmt = InputFormat()
+    fmt = replace(fmt, max_length=max_length or fmt.max_length, template=template or fmt.template)
     try:
         from hedonic_neurons.models import load_model
     except ImportError:
@@ -659,6 +664,7 @@ def run_finetune(
     max_eval_queries: int | None = None,
     max_val_queries: int | None = None,
     test_depth: int | None = None,
+    template: str | None = None,
     progress: bool = True,
     loader: Callable[..., tuple[Any, Encode, dict, dict]] | None = None,
     **hyper: Any,
@@ -673,7 +679,8 @@ def run_finetune(
     limits the validation split only (default: ``max_eval_queries``; 0: no validation).
     ``test_depth`` keeps the first N candidates of each test query in file order (the first
     stage's ranking: reranking the BM25 top-N), to fit a time budget; nDCG@10 of the first stage is
-    unchanged for N >= 10.
+    unchanged for N >= 10. ``template``: decoder input template (recorded in ``finetune.json``,
+    where ``hedonic run`` reads it back for the adapter).
     """
     import torch
 
@@ -705,7 +712,9 @@ def run_finetune(
             raise ConfigError(f"test_depth must be >= 1 candidates per query, got {test_depth}")
         test_pairs = top_per_query(test_pairs, test_depth)
 
-    hf_model, encode, input_format, identity = (loader or load_for_finetune)(model, max_length=max_length)
+    hf_model, encode, input_format, identity = (loader or load_for_finetune)(
+        model, max_length=max_length, template=template
+    )
     torch.manual_seed(seed)
     chosen = parse_layers(layers, n_layers(hf_model))
     config = FinetuneConfig(task=task, layers=chosen, **hyper)
@@ -812,6 +821,10 @@ def register(app: Any) -> None:
             0.0, help="cqtr/mean_tf_l: probability of cropping a training passage (target recomputed)"
         ),
         max_length: int = typer.Option(None, help="max tokens per input (default: the model's format)"),
+        template: str = typer.Option(
+            None,
+            help="decoders: input template with {query} and {passage} (default 'query: {query} document: {passage}')",
+        ),
         max_train_queries: int = typer.Option(None),
         max_eval_queries: int = typer.Option(None, help="keep the first N queries of val and test"),
         max_val_queries: int = typer.Option(None, help="keep the first N val queries (0: no validation)"),
@@ -841,6 +854,7 @@ def register(app: Any) -> None:
             data_root=data_root,
             layers=layers,
             max_length=max_length,
+            template=template,
             max_train_queries=max_train_queries,
             max_eval_queries=max_eval_queries,
             max_val_queries=max_val_queries,
