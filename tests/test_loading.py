@@ -18,6 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from hedonic_neurons.errors import ConfigError, DataError, ModelError
 from hedonic_neurons.models import HEAD_SEED, InputFormat, adapters, load_model
+from hedonic_neurons.models.inputs import DEFAULT_TEMPLATE
 from hedonic_neurons.models import loading as loading_mod
 from tiny import FAMILIES, GATED, tiny_model
 
@@ -595,3 +596,20 @@ def test_smollm2_cache_build_is_atomic(tmp_path, monkeypatch):
         load_model("smollm2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2"]  # old one untouched, no temporaries
     assert (tmp_path / "smollm2" / "hedonic-cache.json").read_text() == '{"size": 1}'
+
+
+def test_adapter_brings_the_input_format_it_was_trained_with(tmp_path):
+    """load_model without input_format uses the template and max length in the adapter's
+    finetune.json; an explicit input_format wins; no record means the default."""
+    base = save_tiny(tmp_path / "base", "llama", layers=2)
+    make_adapter(base, tmp_path / "run" / "adapter", "llama", layers=(1,))
+    adapter = tmp_path / "run" / "adapter"
+    assert load_model(base, adapter=adapter, device="cpu").input_format.template == DEFAULT_TEMPLATE
+    doc_first = "document: {passage} query: {query}"
+    (tmp_path / "run" / "finetune.json").write_text(
+        json.dumps({"input_format": {"template": doc_first, "max_length": 48, "kind": "text"}})
+    )
+    fmt = load_model(base, adapter=adapter, device="cpu").input_format
+    assert (fmt.template, fmt.max_length, fmt.kind) == (doc_first, 48, "text")
+    explicit = load_model(base, adapter=adapter, device="cpu", input_format=InputFormat(max_length=40))
+    assert (explicit.input_format.template, explicit.input_format.max_length) == (DEFAULT_TEMPLATE, 40)

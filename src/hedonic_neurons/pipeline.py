@@ -182,21 +182,13 @@ class Pipeline:
         return self.out / "report.html"
 
     def _input_format(self, adapter: str | None = None):
-        """The input format: ``max_length`` from the config; the template the adapter was trained
-        with (``input_format.template`` in the ``finetune.json`` beside its folder), else the default."""
+        """The input format: the template the adapter was trained with (its ``finetune.json``), else
+        the default; ``max_length`` always from the config."""
         from hedonic_neurons.models.inputs import InputFormat
+        from hedonic_neurons.models.loading import recorded_input_format
 
-        fmt = InputFormat(max_length=self.cfg.max_length)
-        record = Path(adapter).parent / "finetune.json" if adapter else None
-        if record is not None and record.is_file():
-            try:
-                template = read_json(record)["input_format"]["template"]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(
-                    f"{record}: expected the input_format.template of 'hedonic finetune' ({exc})"
-                ) from None
-            fmt = replace(fmt, template=template)
-        return fmt
+        fmt = recorded_input_format(adapter) or InputFormat()
+        return replace(fmt, max_length=self.cfg.max_length)
 
     def stage_finetune(self) -> str | None:
         cfg = self.cfg

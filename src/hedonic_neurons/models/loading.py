@@ -839,6 +839,25 @@ def _apply_adapter(model: nn.Module, path: str | os.PathLike, shown: str, head_m
 # ------------------------------------------------------------------------------- load_model
 
 
+def recorded_input_format(adapter: str | os.PathLike | None) -> InputFormat | None:
+    """The input format (template, max length) an adapter was trained with, or None.
+
+    ``hedonic finetune`` records it in ``finetune.json`` beside the adapter folder; an adapter
+    made elsewhere has no record. Only the template and ``max_length`` are taken: kind, EOS and
+    padding are decided again for the tokenizer (:meth:`InputFormat.resolve`)."""
+    record = Path(adapter).parent / "finetune.json" if adapter else None
+    if record is None or not record.is_file():
+        return None
+    try:
+        fmt = json.loads(record.read_text())["input_format"]
+        return InputFormat(template=fmt["template"], max_length=fmt["max_length"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{record}: expected input_format.template and input_format.max_length as written by "
+            f"'hedonic finetune' ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -859,7 +878,8 @@ def load_model(
     model comes as two full checkpoints. ``head``: "classification" (one-logit
     ``*ForSequenceClassification``) or "causal" (``*ForCausalLM``). ``dtype``: float32 (default),
     bfloat16 or float16. ``device``: "auto" (default; CUDA if available), "cpu", "cuda:N".
-    ``input_format``: how (query, passage) pairs become inputs (default :class:`InputFormat`).
+    ``input_format``: how (query, passage) pairs become inputs; default: the format the adapter
+    was trained with (:func:`recorded_input_format`), else :class:`InputFormat`.
     """
     if head not in HEADS:
         raise ConfigError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
@@ -869,7 +889,7 @@ def load_model(
         )
     torch_dtype = _parse_dtype(dtype)
     dev = _parse_device(device)
-    input_format = input_format or InputFormat()
+    input_format = input_format or recorded_input_format(adapter) or InputFormat()
     import transformers as tf
 
     target, shown, builtin = _resolve(name_or_path)
