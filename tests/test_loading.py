@@ -18,8 +18,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from hedonic_neurons.errors import ConfigError, DataError, ModelError
 from hedonic_neurons.models import HEAD_SEED, InputFormat, adapters, load_model
-from hedonic_neurons.models.inputs import DEFAULT_TEMPLATE
 from hedonic_neurons.models import loading as loading_mod
+from hedonic_neurons.models.inputs import DEFAULT_TEMPLATE
 from tiny import FAMILIES, GATED, tiny_model
 
 DECODERS = [f for f in FAMILIES if f != "bert"]
