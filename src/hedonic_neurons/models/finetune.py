@@ -386,8 +386,8 @@ def init_head_probe(
     """Set the final head linear to a ridge regression of ``targets`` on :func:`head_features`.
 
     Linear probing before fine-tuning (LP-FT, Kumar et al., ICLR 2022): a randomly initialised head
-    passes the LoRA layers gradients along a random direction, and SmolLM2's runs spent 200-300
-    steps at chance loss before learning. The probe is fitted on the model as it is now (LoRA B = 0:
+    passes the LoRA layers gradients along a random direction. On SmolLM2 CQTR it removed the bad
+    start but not the 300-step plateau (the input order did: docs/finetune-minilm.md). The probe is fitted on the model as it is now (LoRA B = 0:
     the base model) by scikit-learn's ``RidgeCV`` (leave-one-out choice of the penalty among 13
     values spaced by log over ``1e-4 .. 1e2`` times the mean squared feature); with an intercept only
     if the head has a bias (decoders' ``score`` has none). Returns a summary with the probe's
@@ -594,8 +594,8 @@ def load_for_finetune(
     until then, transformers directly (built-in name ``minilm``, or a local folder)."""
     from hedonic_neurons.models.inputs import InputFormat
 
-    fmt = InputFormat()
-    fmt = replace(fmt, max_length=max_length or fmt.max_length, template=template or fmt.template)
+    default = InputFormat()
+    fmt = replace(default, max_length=max_length or default.max_length, template=template or default.template)
     try:
         from hedonic_neurons.models import load_model
     except ImportError:
