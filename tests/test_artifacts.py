@@ -73,3 +73,66 @@ def test_write_json_turns_nan_into_null(tmp_path):
         tmp_path / "x.json", {"a": float("nan"), "b": [1.0, np.float32("inf")], "c": np.array([np.nan, 2.0])}
     )
     assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": [None, 2.0]}
+
+
+def _count_validation_passes(monkeypatch) -> list[int]:
+    """Count full validation passes (each walks the upper tiles once)."""
+    import hedonic_neurons.artifacts as artifacts
+
+    calls = [0]
+    tiles = artifacts._upper_tiles
+
+    def counting(n, tile=256):
+        calls[0] += 1
+        return tiles(n, tile)
+
+    monkeypatch.setattr(artifacts, "_upper_tiles", counting)
+    return calls
+
+
+def test_validated_phi_is_trusted_once_and_read_only(monkeypatch):
+    from hedonic_neurons.artifacts import is_validated_phi
+
+    calls = _count_validation_passes(monkeypatch)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 40)).astype(np.float32)
+    phi = validate_phi(a + a.T)
+    assert calls[0] == 1 and is_validated_phi(phi)
+    assert validate_phi(phi) is phi and calls[0] == 1  # no second pass
+    with pytest.raises(ValueError):
+        phi[0, 1] = 5.0  # what was checked cannot change through the trusted view
+    # anything else is checked in full: a copy, a slice, the caller's own array
+    validate_phi(np.array(phi))
+    assert calls[0] == 2
+    with pytest.raises(PhiError):
+        validate_phi(phi[:, :39])
+    bad = np.array(phi)
+    bad[3, 4] = np.nan
+    with pytest.raises(PhiError, match="non-finite"):
+        validate_phi(bad)
+    assert not is_validated_phi(bad) and not is_validated_phi(phi[:10, :10])
+
+
+def test_solve_validates_phi_once(tmp_path, monkeypatch):
+    from hedonic_neurons.game.cli import solve_phi
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(60, 60)).astype(np.float32)
+    path = save_phi(tmp_path / "phi_layer0.safetensors", (a + a.T) / 2, {"layer": 0})
+    calls = _count_validation_passes(monkeypatch)
+    solve_phi(path, tmp_path / "part.json", exact=True, certify_samples=2000, progress=False)
+    assert calls[0] == 1  # load_phi; the solver and both certificates trust it
+
+
+def test_provenance_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hedonic_neurons.artifacts import provenance; p = provenance(); "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(p['torch'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import torch
+
+    assert out.stdout.strip() == torch.__version__

@@ -321,9 +321,7 @@ class Pipeline:
         return load_partition(self.partition_path(method, seed, layer))["coalitions"]
 
     def stage_partitions(self) -> None:
-        from hedonic_neurons.baselines import Hierarchical, PhiCommunities, RandomPartition, SphericalKMeans
         from hedonic_neurons.baselines.inputs import input_rows
-        from hedonic_neurons.game import PACTopCover, TopCover
 
         cfg = self.cfg
         g = cfg.game
@@ -333,53 +331,21 @@ class Pipeline:
         import shutil
 
         shutil.rmtree(self.out / "partitions", ignore_errors=True)  # never reuse partitions of another config
-        phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         n_clusters = math.ceil(math.sqrt(self.nm.n_neurons))
         for layer in cfg.layers:
             _log(f"partitions of layer {layer}")
-            hier = None
-            for seed in cfg.evaluate.seeds:
-                for metric in cfg.phi.metrics:
-                    path = self.partition_path(HEDONIC[metric], seed, layer)
-                    if path.is_file():
-                        continue
-                    if g.solver == "pac":
-                        est = PACTopCover(
-                            k=g.k, epsilon=g.epsilon, delta=g.delta, n_samples=g.n_samples, random_state=seed
-                        ).fit(self.phi(metric, layer))
-                        extra = {"n_rounds": est.n_rounds_, "n_samples_drawn": est.n_samples_}
-                    else:
-                        est = TopCover(k=g.k).fit(self.phi(metric, layer))
-                        extra = {"n_rounds": est.n_rounds_}
-                    save_partition(
-                        path, est.coalitions_, method=HEDONIC[metric], layer=layer,
-                        params={**g.model_dump(), "seed": seed, "phi": metric}, extra=extra,
-                    )  # fmt: skip
-                like = self.coalitions(self.reference_method, seed, layer)
-                for method in cfg.baselines:
-                    path = self.partition_path(method, seed, layer)
-                    if path.is_file():
-                        continue
-                    if method == "random":
-                        est = RandomPartition(like, random_state=seed).fit()
-                        params: dict[str, Any] = {"like": self.reference_method}
-                    elif method == "kmeans":
-                        est = SphericalKMeans(n_clusters, random_state=seed).fit(
-                            input_rows(self.nm.mlp_weights(layer))
-                        )
-                        params = {"n_clusters": n_clusters}
-                    elif method == "hierarchical":
-                        hier = hier or Hierarchical(n_clusters).fit(self.acts("train", layer).T)
-                        est, params = (
-                            hier,
-                            {"n_clusters": n_clusters, "features": "mean activation per train pair"},
-                        )
-                    else:
-                        est = PhiCommunities(random_state=seed).fit(self.phi(phi_metric, layer))
-                        params = {"phi": phi_metric}
-                    save_partition(
-                        path, est.coalitions_, method=method, layer=layer, params={**params, "seed": seed}
-                    )
+            partition_layer(
+                layer,
+                phi=lambda metric, layer=layer: self.phi(metric, layer),
+                metrics=cfg.phi.metrics,
+                baselines=cfg.baselines,
+                seeds=cfg.evaluate.seeds,
+                game=g,
+                path=lambda method, seed, layer=layer: self.partition_path(method, seed, layer),
+                rows=lambda layer=layer: input_rows(self.nm.mlp_weights(layer)),
+                profiles=lambda layer=layer: self.acts("train", layer).T,
+                n_clusters=n_clusters,
+            )
         stage.finish()
 
     def stage_tracking(self) -> None:
@@ -656,3 +622,106 @@ def register(app: Any) -> None:
 
         report = run(load_config(None, DEMO_CONFIG), out, progress=not quiet)
         typer.echo(f"demo finished; open the report: {report}")
+
+
+def partition_layer(
+    layer: int,
+    *,
+    phi: Callable[[str], np.ndarray],
+    metrics: Sequence[str],
+    baselines: Sequence[str],
+    seeds: Sequence[int],
+    game: Any,
+    path: Callable[[str, int], Path],
+    rows: Callable[[], np.ndarray],
+    profiles: Callable[[], np.ndarray],
+    n_clusters: int,
+    timings: dict[str, float] | None = None,
+) -> None:
+    """The partitions stage for one layer: every hedonic partition and baseline, every seed.
+
+    ``phi(metric)`` reads one metric's φ (called once per metric: the array it returns is
+    validated there and trusted from then on); ``path(method, seed)`` is where a partition is
+    written (an existing file is kept, so a killed stage resumes); ``rows()`` gives the input
+    projection rows (k-means) and ``profiles()`` the neurons × train-pairs activation profiles
+    (hierarchical), each computed only if that baseline runs. ``game`` is the config's
+    ``game`` section. Exact Top Covering has no randomness, so it is solved once and written
+    for every seed; hierarchical clustering likewise; the φ-communities graph is built once.
+    Baselines are size-matched to (random) or compared with the PAS partition when PAS is among
+    ``metrics``, else with the first metric's. ``timings`` (optional) collects seconds per step.
+    """
+    import contextlib
+    import time
+
+    from hedonic_neurons.baselines import Hierarchical, PhiCommunities, RandomPartition, SphericalKMeans
+    from hedonic_neurons.game import PACTopCover, TopCover
+
+    clock = timings if timings is not None else {}
+    phis: dict[str, np.ndarray] = {}
+    fitted: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def timed(step: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            clock[step] = clock.get(step, 0.0) + time.perf_counter() - t0
+
+    def phi_of(metric: str) -> np.ndarray:
+        if metric not in phis:
+            with timed("read and validate phi"):
+                phis[metric] = phi(metric)
+        return phis[metric]
+
+    def save(method: str, seed: int, est: Any, params: dict[str, Any], extra: dict | None = None) -> None:
+        with timed("write"):
+            save_partition(
+                path(method, seed), est.coalitions_, method=method, layer=layer, params=params, extra=extra
+            )
+
+    reference = "pas" if "pas" in metrics else metrics[0]
+    for seed in seeds:
+        for metric in metrics:
+            if path(HEDONIC[metric], seed).is_file():
+                continue
+            matrix = phi_of(metric)
+            if game.solver == "pac":
+                with timed("solver"):
+                    est = PACTopCover(
+                        k=game.k,
+                        epsilon=game.epsilon,
+                        delta=game.delta,
+                        n_samples=game.n_samples,
+                        random_state=seed,
+                    ).fit(matrix)
+                extra = {"n_rounds": est.n_rounds_, "n_samples_drawn": est.n_samples_}
+            else:
+                if metric not in fitted:
+                    with timed("solver"):
+                        fitted[metric] = TopCover(k=game.k).fit(matrix)
+                est = fitted[metric]
+                extra = {"n_rounds": est.n_rounds_}
+            save(HEDONIC[metric], seed, est, {**game.model_dump(), "seed": seed, "phi": metric}, extra)
+        like = load_partition(path(HEDONIC[reference], seed))["coalitions"]
+        for method in baselines:
+            if path(method, seed).is_file():
+                continue
+            with timed(method):
+                if method == "random":
+                    est = RandomPartition(like, random_state=seed).fit()
+                    params: dict[str, Any] = {"like": HEDONIC[reference]}
+                elif method == "kmeans":
+                    if "kmeans rows" not in fitted:
+                        fitted["kmeans rows"] = rows()
+                    est = SphericalKMeans(n_clusters, random_state=seed).fit(fitted["kmeans rows"])
+                    params = {"n_clusters": n_clusters}
+                elif method == "hierarchical":
+                    if method not in fitted:
+                        fitted[method] = Hierarchical(n_clusters).fit(profiles())
+                    est = fitted[method]
+                    params = {"n_clusters": n_clusters, "features": "mean activation per train pair"}
+                else:
+                    est = PhiCommunities(random_state=seed).fit(phi_of(reference))
+                    params = {"phi": reference}
+            save(method, seed, est, {**params, "seed": seed})
