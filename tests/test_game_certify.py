@@ -163,3 +163,24 @@ def test_certify_errors():
         certify(phi, [[0, 1]])
     with pytest.raises(DataError, match="repeats"):
         certify(phi, [[0, 1, 2], [2, 3, 4]])
+
+
+def test_prepared_partition_gives_the_same_certificates_and_checks_its_game():
+    from hedonic_neurons.errors import ConfigError
+    from hedonic_neurons.game import prepare_partition
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(80, 80))
+    phi = (a + a.T) / 2
+    np.fill_diagonal(phi, 0.0)
+    coalitions = [list(range(i, min(i + 7, 80))) for i in range(0, 80, 7)]  # not core stable
+    prepared = prepare_partition(phi, coalitions, k=2)
+    for dist in ("uniform", "phi"):
+        plain = certify(phi, coalitions, k=2, n_samples=3000, distribution=dist, random_state=5)
+        fast = certify(phi, prepared, k=2, n_samples=3000, distribution=dist, random_state=5)
+        assert plain.to_dict() == fast.to_dict()
+    assert certify(phi, prepared, k=2, n_samples=3000, distribution="phi", random_state=5).n_blocking > 0
+    with pytest.raises(ConfigError, match="prepared partition"):
+        certify(phi, prepared, k=3, n_samples=100)
+    with pytest.raises(ConfigError, match="prepared partition"):
+        certify(phi[:40, :40], prepared, k=2, n_samples=100)

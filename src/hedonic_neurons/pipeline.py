@@ -395,7 +395,7 @@ class Pipeline:
         from hedonic_neurons.evaluate.ood import ablated_outputs, ood_drops
         from hedonic_neurons.evaluate.regression import alignment_r2, coalition_matrix, macro_feature_r2
         from hedonic_neurons.evaluate.stats import size_matched, top_coalitions
-        from hedonic_neurons.game import certify
+        from hedonic_neurons.game import certify, prepare_partition
 
         cfg = self.cfg
         ev = cfg.evaluate
@@ -455,10 +455,11 @@ class Pipeline:
                 }
                 # stability under the game the partition answers: a hedonic partition's own φ
                 own = phis[method.removeprefix("hedonic-")] if method.startswith("hedonic") else phi
+                prepared = prepare_partition(own, full, k=cfg.game.k)
                 for dist in ("uniform", "phi"):
                     cert = certify(
                         own,
-                        full,
+                        prepared,
                         k=cfg.game.k,
                         n_samples=ev.certify_samples,
                         distribution=dist,

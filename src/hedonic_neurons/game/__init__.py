@@ -10,7 +10,14 @@ numpy in, numpy out. Public API:
 * :func:`sink_sccs`: sink strongly connected components of a digraph.
 """
 
-from hedonic_neurons.game.certify import Certificate, certify, clopper_pearson_upper, is_core_stable
+from hedonic_neurons.game.certify import (
+    Certificate,
+    PreparedPartition,
+    certify,
+    clopper_pearson_upper,
+    is_core_stable,
+    prepare_partition,
+)
 from hedonic_neurons.game.digraph import sink_sccs
 from hedonic_neurons.game.solvers import PACTopCover, TopCover, pac_budget
 from hedonic_neurons.game.utility import choice_sets, prefers, utility
@@ -18,6 +25,7 @@ from hedonic_neurons.game.utility import choice_sets, prefers, utility
 __all__ = [
     "Certificate",
     "PACTopCover",
+    "PreparedPartition",
     "TopCover",
     "certify",
     "choice_sets",
@@ -25,6 +33,7 @@ __all__ = [
     "is_core_stable",
     "pac_budget",
     "prefers",
+    "prepare_partition",
     "sink_sccs",
     "utility",
 ]

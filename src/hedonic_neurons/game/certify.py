@@ -51,20 +51,31 @@ class Certificate:
 
 
 def clopper_pearson_upper(n_blocking: int, n_samples: int, delta: float) -> float:
-    """One-sided exact binomial upper bound on the rate at confidence 1 - delta."""
-    from scipy.stats import binomtest
+    """One-sided exact binomial upper bound on the rate at confidence 1 - delta.
 
-    ci = binomtest(n_blocking, n_samples, alternative="less").proportion_ci(
-        confidence_level=1.0 - delta, method="exact"
-    )
-    return float(ci.high)
+    The Clopper-Pearson bound is the (1 - delta) quantile of Beta(x + 1, n - x) (1 when x = n),
+    the same value as ``scipy.stats.binomtest(x, n, alternative="less").proportion_ci(...,
+    method="exact").high``; it is read from ``scipy.special.betaincinv`` because importing
+    ``scipy.stats`` costs about 2 s, a tenth of a ``hedonic solve`` at n = 14,336.
+    """
+    from scipy.special import betaincinv
+
+    if n_blocking >= n_samples:
+        return 1.0
+    return float(betaincinv(n_blocking + 1, n_samples - n_blocking, 1.0 - delta))
 
 
-class _Partition:
-    """Each neuron's choice set in, and the size of, its own coalition."""
+class PreparedPartition:
+    """A partition with each neuron's choice set in, and the size of, its own coalition.
+
+    Build it once with :func:`prepare_partition` and pass it to :func:`certify` as
+    ``coalitions`` to certify one partition under several distributions without recomputing
+    the choice sets (about 0.8 s at n = 14,336).
+    """
 
     def __init__(self, phi: np.ndarray, coalitions: Sequence[Sequence[int]], k: int) -> None:
         labels = labels_from_coalitions(coalitions, phi.shape[0])
+        self.n = phi.shape[0]
         self.k = k
         self.own, _ = group_choice(phi, np.arange(phi.shape[0]), labels, k)
         self.size = np.bincount(labels)[labels]
@@ -76,9 +87,15 @@ class _Partition:
         return prefers(mine, group.size, own, self.size[group.members]).all(axis=1)
 
 
+def prepare_partition(phi: Any, coalitions: Sequence[Sequence[int]], k: int = 2) -> PreparedPartition:
+    """``coalitions`` (a partition of 0..n-1) prepared for :func:`certify` on ``phi`` with ``k``."""
+    phi = validate_phi(phi)
+    return PreparedPartition(phi, coalitions, check_k(k, phi.shape[0]))
+
+
 def certify(
     phi: Any,
-    coalitions: Sequence[Sequence[int]],
+    coalitions: Sequence[Sequence[int]] | PreparedPartition,
     k: int = 2,
     n_samples: int = 100_000,
     distribution: str = "uniform",
@@ -93,7 +110,9 @@ def certify(
     uniform subset); ``"phi"`` grows each coalition from a uniformly random seed neuron by
     drawing partners in proportion to their positive phi with the seed (see
     :func:`~hedonic_neurons.game.sampling.phi_coalitions`), a harder test. Samples are drawn
-    and checked in chunks, so memory stays bounded.
+    and checked in chunks, so memory stays bounded. ``coalitions`` may be a
+    :class:`PreparedPartition` of this phi and k (:func:`prepare_partition`), to certify one
+    partition under both distributions for the price of one set of choice sets.
     """
     phi = validate_phi(phi)
     n = phi.shape[0]
@@ -103,7 +122,15 @@ def certify(
     delta = check_unit("delta", delta)
     if distribution not in DISTRIBUTIONS:
         raise ConfigError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    partition = _Partition(phi, coalitions, k)
+    if isinstance(coalitions, PreparedPartition):
+        if coalitions.n != n or coalitions.k != k:
+            raise ConfigError(
+                f"the prepared partition is for n = {coalitions.n}, k = {coalitions.k}; "
+                f"expected n = {n}, k = {k} (prepare it with the same phi and k)"
+            )
+        partition = coalitions
+    else:
+        partition = PreparedPartition(phi, coalitions, k)
     rng = np.random.default_rng(random_state)
     everyone = np.arange(n)
     n_blocking = 0
@@ -149,7 +176,15 @@ def is_core_stable(
             f"and is limited to n <= {MAX_BRUTE_FORCE} (use certify() for larger n)"
         )
     k = check_k(k, n)
-    partition = _Partition(phi, coalitions, k)
+    if isinstance(coalitions, PreparedPartition):
+        if coalitions.n != n or coalitions.k != k:
+            raise ConfigError(
+                f"the prepared partition is for n = {coalitions.n}, k = {coalitions.k}; "
+                f"expected n = {n}, k = {k} (prepare it with the same phi and k)"
+            )
+        partition = coalitions
+    else:
+        partition = PreparedPartition(phi, coalitions, k)
     bits = (np.arange(1, 2**n)[:, None] >> np.arange(n)) & 1
     sizes = bits.sum(axis=1)
     members = np.where(bits.astype(bool), np.arange(n), n)

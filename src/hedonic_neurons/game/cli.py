@@ -32,7 +32,7 @@ def solve_phi(
     import numpy as np
 
     from hedonic_neurons.artifacts import load_phi, read_json, save_partition, size_summary
-    from hedonic_neurons.game import PACTopCover, TopCover, certify
+    from hedonic_neurons.game import PACTopCover, TopCover, certify, prepare_partition
     from hedonic_neurons.game.solvers import check_count
 
     check_count("certify_samples", certify_samples)  # fail before the solve, not after
@@ -48,10 +48,11 @@ def solve_phi(
     t0 = time.perf_counter()
     est.fit(phi)
     seconds = time.perf_counter() - t0
+    prepared = prepare_partition(phi, est.coalitions_, k)
     certificates = {
         dist: certify(
             phi,
-            est.coalitions_,
+            prepared,
             k=k,
             n_samples=certify_samples,
             distribution=dist,
