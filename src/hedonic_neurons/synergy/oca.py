@@ -3,6 +3,11 @@
 W_i is column i of the down projection; ρ is the Pearson correlation of the neurons' activations
 (from streaming :class:`~hedonic_neurons.neurons.Moments`); a neuron with zero variance has ρ = 0
 with everyone. The public code's covariance variant is ``statistic="cov"``.
+
+``hedonic collect`` accumulates the moments with ``accumulate="mixed"`` by default (float32
+per-batch products added into float64 sums; |Δρ| ≲ u_fp32 · tokens per batch in the worst case,
+not growing with the number of batches; see :mod:`hedonic_neurons.neurons.stats`). Whatever the
+accumulation, ρ and φ are formed here in float64.
 """
 
 from __future__ import annotations
