@@ -174,3 +174,262 @@ def phi_coalitions(
     sizes = (members >= 0).sum(axis=1)
     members = np.sort(np.where(members >= 0, members, n), axis=1)
     return group_by_size(sizes, members)
+
+
+# ----------------------------------------------------- coalitions grown from a given owner
+
+
+def partner_weights(phi: np.ndarray, owners: np.ndarray, pool: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """w_ij = max(phi_ij, 0) ** power for each owner i (rows) and j in ``pool`` (columns), float64.
+
+    The owner's own column is 0, so ``w > 0`` exactly where j is a positive partner of i in the
+    pool (for ``power != 1`` each row is first divided by its largest entry, which leaves the
+    law of the draws unchanged and keeps the powers from underflowing; a ratio whose power
+    still underflows float64 counts as 0). Shape (len(owners), len(pool)); ``pool`` is sorted
+    and holds every owner.
+    """
+    if pool.size == phi.shape[0]:  # the whole matrix: plain rows, no column gather
+        block = np.take(phi, owners, axis=0)
+    else:
+        block = phi[np.ix_(owners, pool)]
+    w = np.maximum(block, 0, dtype=np.float64)
+    w[np.arange(owners.size), np.searchsorted(pool, owners)] = 0.0
+    if power != 1.0:
+        top = w.max(axis=1, keepdims=True)
+        w *= 1.0 / np.where(top > 0, top, 1.0)
+        _power_in_place(w, power)
+    return w
+
+
+def _power_in_place(w: np.ndarray, power: float) -> None:
+    """``w **= power`` (w >= 0); an integer power by repeated squaring (np.power is slow)."""
+    if power != int(power) or not 1 <= power <= 64:
+        np.power(w, power, out=w)
+        return
+    e = int(power)
+    base = None
+    while e > 1:  # w holds w0 ** 2^i; ``base`` collects the set bits of the exponent
+        if e & 1:
+            base = w.copy() if base is None else np.multiply(base, w, out=base)
+        np.multiply(w, w, out=w)
+        e >>= 1
+    if base is not None:
+        w *= base
+
+
+#: A sample whose undrawn weight is below this share of its row's total continues on a fresh
+#: row (see :func:`successive_draws`).
+MIN_FREE_SHARE = 2.0**-20
+
+#: Fresh-row restarts of :func:`successive_draws` before a sample's exponential race.
+MAX_RESTARTS = 4
+
+
+def successive_draws(
+    rng: np.random.Generator, weights: np.ndarray, row: np.ndarray, need: np.ndarray, width: int
+) -> np.ndarray:
+    """Successive sampling without replacement, probability proportional to ``weights[row]``.
+
+    For sample ``c``, ``need[c]`` distinct columns of row ``row[c]`` of ``weights`` (b, r),
+    each drawn with probability proportional to its weight among the columns not drawn yet
+    (a zero weight is never drawn; ``need`` must not exceed the row's number of positive
+    weights). Returns (c, width) columns in draw order, ``-1`` padded.
+
+    Fast path, with no repeats to reject: a draw is a uniform point of the row's normalised
+    cumulative weight (float64) with the intervals of the columns already drawn cut out (the
+    point is shifted past the cut intervals below it), so every draw is one binary search plus
+    O(width) work, however concentrated the weights. A sample leaves the fast path, keeping
+    its draws so far, when its undrawn weight falls below :data:`MIN_FREE_SHARE` of the row's
+    (the row's cumulative weights then resolve the undrawn columns too coarsely) or a draw
+    fails by rounding (lands outside the row or on a drawn column). Such samples are grouped
+    by (row, columns drawn): each group's row with those columns zeroed is a fresh row, with
+    cumulative weights of its own, on which the draws continue (given the draws so far, the
+    rest of successive sampling is successive sampling from the undrawn columns). After
+    :data:`MAX_RESTARTS` such restarts a sample finishes by an exponential race on its row
+    (keys E_j / w_j, E_j ~ Exp(1), over the undrawn columns, smallest first: the same law).
+    Memory: the cumulative weights of ``weights`` plus O(c * width); restarts work on about
+    2M entries at a time.
+    """
+    return _draw(rng, weights, row, need, width, 0)
+
+
+def _draw(
+    rng: np.random.Generator, weights: np.ndarray, row: np.ndarray, need: np.ndarray, width: int, depth: int
+) -> np.ndarray:
+    """:func:`successive_draws`, ``depth`` restarts deep."""
+    b, r = weights.shape
+    c = row.size
+    out = np.full((c, width), -1, dtype=np.int64)
+    steps = int(need.max(initial=0))
+    if not steps:
+        return out
+    cdf = np.cumsum(weights, axis=1)  # float64
+    total = cdf[:, -1].copy()
+    cdf /= np.where(total > 0, total, 1.0)[:, None]  # each row with weight ends at exactly 1.0
+    cdf += 2.0 * np.arange(b)[:, None]  # one increasing array: row q spans [2q, 2q + 1]
+    flat = cdf.ravel()
+    order = np.argsort(-need, kind="stable")  # most draws first: step t works on a prefix
+    active = c - np.cumsum(np.bincount(need, minlength=steps + 1))  # active[t] = #(need > t)
+    base = row[order] * r
+    low = 2.0 * row[order]  # where each sample's row starts in ``flat``
+    # per draw t (rows) and sample (columns, in ``order``): the column drawn, its interval
+    # [start, start + mass) in ``flat``, and its start with the masses of the drawn intervals
+    # below it taken out ("squeezed"): a point x of the undrawn weight passes exactly the
+    # intervals whose squeezed start is <= x
+    drawn = np.full((steps, c), -1, dtype=np.int64)
+    start, mass, squeezed = (np.empty((steps, c)) for _ in range(3))
+    free = np.ones(c)  # undrawn share of the row's weight
+    fast = np.ones(c, dtype=bool)
+    for t in range(steps):
+        m = int(active[t])
+        s_t, w_t, a_t = start[:t, :m], mass[:t, :m], squeezed[:t, :m]
+        x = low[:m] + rng.random(m) * free[:m]
+        q = x + np.where(a_t <= x, w_t, 0.0).sum(axis=0)  # skip the drawn intervals
+        by = np.argsort(q)  # sorted keys make the binary searches cache friendly
+        j = np.empty(m, dtype=np.int64)
+        j[by] = np.searchsorted(flat, q[by], side="right")
+        local = j - base[:m]
+        np.minimum(j, flat.size - 1, out=j)
+        s_new = np.where(local > 0, flat[j - 1], low[:m])
+        ok = fast[:m] & (free[:m] >= MIN_FREE_SHARE) & (local < r)
+        if t:  # a rounding slip onto a drawn column: the same interval as that column's
+            ok &= ~(s_t == s_new).any(axis=0)
+        w_new = np.where(ok, flat[j] - s_new, 0.0)
+        fast[:m] = ok
+        drawn[t, :m] = np.where(ok, local, -1)
+        free[:m] -= w_new
+        if t + 1 < steps:
+            below = s_t < s_new
+            squeezed[t, :m] = s_new - np.where(below, w_t, 0.0).sum(axis=0)
+            np.subtract(a_t, w_new, out=a_t, where=~below)
+            start[t, :m] = s_new
+            mass[t, :m] = w_new
+    drawn = drawn.T
+    slow = np.flatnonzero(~fast & (need[order] > 0))
+    if slow.size:
+        drawn[slow] = _restart(rng, weights, row[order[slow]], drawn[slow], need[order[slow]], depth)
+    out[order, :steps] = drawn
+    return out
+
+
+def _restart(
+    rng: np.random.Generator,
+    weights: np.ndarray,
+    row: np.ndarray,
+    drawn: np.ndarray,
+    need: np.ndarray,
+    depth: int,
+) -> np.ndarray:
+    """Continue each sample's draws (a valid prefix of ``drawn``) up to ``need`` on fresh rows.
+
+    One fresh row per distinct (row, columns drawn): the row with those columns zeroed.
+    """
+    if depth >= MAX_RESTARTS:
+        return _finish_exact(rng, weights, row, drawn, need)
+    r = weights.shape[1]
+    drawn = drawn.copy()
+    got = (drawn >= 0).sum(axis=1)
+    key = np.concatenate([row[:, None], np.sort(drawn, axis=1)], axis=1)
+    groups, group = np.unique(key, axis=0, return_inverse=True)
+    group = group.ravel()
+    step = max(1, BLOCK_ENTRIES // max(r, 1))
+    for a in range(0, groups.shape[0], step):
+        g = groups[a : a + step]
+        w = weights[g[:, 0]]
+        hit, col = np.nonzero(g[:, 1:] >= 0)
+        w[hit, g[hit, 1 + col]] = 0.0
+        ids = np.flatnonzero((group >= a) & (group < a + step))
+        more = _draw(rng, w, group[ids] - a, need[ids] - got[ids], drawn.shape[1], depth + 1)
+        take = np.arange(more.shape[1]) < (need[ids] - got[ids])[:, None]
+        rows_t = np.broadcast_to(ids[:, None], take.shape)[take]
+        drawn[rows_t, (got[ids][:, None] + np.arange(more.shape[1]))[take]] = more[take]
+    return drawn
+
+
+def _finish_exact(
+    rng: np.random.Generator, weights: np.ndarray, row: np.ndarray, drawn: np.ndarray, need: np.ndarray
+) -> np.ndarray:
+    """Complete each sample's draws (a valid prefix of ``drawn``) up to ``need``: the last resort.
+
+    The undrawn columns race: keys E_j / w_j with E_j ~ Exp(1); the smallest keys, in order,
+    are successive sampling proportional to w (given the prefix, by memorylessness).
+    """
+    r = weights.shape[1]
+    drawn = drawn.copy()
+    step = max(1, BLOCK_ENTRIES // max(r, 1))
+    for a in range(0, row.size, step):
+        have = drawn[a : a + step]
+        w = weights[row[a : a + step]]
+        got = (have >= 0).sum(axis=1)
+        more = need[a : a + step] - got
+        keys = np.full(w.shape, np.inf)
+        np.divide(rng.standard_exponential(w.shape), w, out=keys, where=w > 0)
+        hit, col = np.nonzero(have >= 0)
+        keys[hit, have[hit, col]] = np.inf
+        d = int(more.max())
+        idx = np.argpartition(keys, d - 1, axis=1)[:, :d]
+        idx = np.take_along_axis(idx, np.argsort(np.take_along_axis(keys, idx, axis=1), axis=1), axis=1)
+        take = np.arange(d) < more[:, None]
+        rows_t = np.broadcast_to(np.arange(have.shape[0])[:, None], take.shape)[take]
+        have[rows_t, (got[:, None] + np.arange(d))[take]] = idx[take]
+    return drawn
+
+
+def grown_coalitions(
+    phi: np.ndarray,
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    owners: np.ndarray,
+    per_owner: int,
+    min_size: int,
+    max_size: int,
+    *,
+    power: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``per_owner`` phi-aware coalitions grown from each of ``owners`` inside ``pool``.
+
+    The law D_i of one coalition grown from owner i in pool R (sorted neuron ids holding i) is
+    that of :func:`phi_coalitions` with its seed fixed to i and restricted to R: a target size
+    s uniform on {min_size..max_size} (both capped at |R|), then s - 1 distinct partners from
+    R \\ {i} drawn one after another, each with probability proportional to
+    w_ij = max(phi_ij, 0) ** power among the partners not drawn yet (successive sampling, see
+    :func:`successive_draws`; ``power=1`` is the certificate's sampler). A neuron with
+    phi_ij <= 0 is never drawn; an owner with fewer than s - 1 positive partners left in R
+    takes all of them (a smaller coalition; none: the singleton {i}).
+
+    Returns ``(owner, members)``: ``owner`` (m,) indexes ``owners`` (sample t of owner o is row
+    o * per_owner + t), ``members`` (m, width) neuron ids, the owner first and then its partners
+    in draw order, ``-1`` padded. phi is read one block of owner rows (about 2M entries) at a
+    time.
+    """
+    r = pool.size
+    lo, hi = min(min_size, r), min(max_size, r)
+    m = owners.size * per_owner
+    owner = np.repeat(np.arange(owners.size), per_owner)
+    target = rng.integers(lo, hi + 1, size=m)
+    width = int(target.max(initial=1))
+    members = np.full((m, width), -1, dtype=np.int64)
+    members[:, 0] = owners[owner]
+    step = max(1, BLOCK_ENTRIES // r)
+    for start in range(0, owners.size, step):
+        stop = min(start + step, owners.size)
+        w = partner_weights(phi, owners[start:stop], pool, power)
+        n_pos = np.count_nonzero(w, axis=1)
+        rows = slice(start * per_owner, stop * per_owner)
+        row = owner[rows] - start
+        need = np.minimum(target[rows] - 1, n_pos[row])
+        part = np.full((row.size, width - 1), -1, dtype=np.int64)
+        take_all = need == n_pos[row]  # the set is fixed: all positive partners
+        small = np.flatnonzero(n_pos <= width - 1)
+        if small.size:
+            hit, col = np.nonzero(w[small] > 0)
+            lists = np.full((small.size, width - 1), -1, dtype=np.int64)
+            lists[hit, np.arange(hit.size) - np.searchsorted(hit, hit)] = col
+            where = np.full(w.shape[0], -1, dtype=np.int64)
+            where[small] = np.arange(small.size)
+            ids = np.flatnonzero(take_all)
+            part[ids] = lists[where[row[ids]]]
+        ids = np.flatnonzero(~take_all)
+        part[ids] = successive_draws(rng, w, row[ids], need[ids], width - 1)
+        members[rows, 1:] = np.where(part >= 0, pool[np.maximum(part, 0)], -1)
+    return owner, members

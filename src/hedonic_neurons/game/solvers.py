@@ -7,7 +7,8 @@ connected components as coalitions, and remove them. They differ only in B_i:
 * :class:`TopCover` — B_i = Ch(i, R), computed from phi (this is Top Covering itself; its
   partition has no blocking coalition);
 * :class:`PACTopCover` — B_i = Ch(i, T_i*), T_i* the best coalition containing i among fresh
-  samples from D restricted to R.
+  samples on R: from D restricted to R (``sampling="uniform"``) or grown from i along
+  positive phi (``sampling="phi"``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import numpy as np
 from hedonic_neurons.artifacts import canonical_coalitions, labels_from_coalitions, validate_phi
 from hedonic_neurons.errors import ConfigError
 from hedonic_neurons.game.digraph import groups_of, sink_labels
-from hedonic_neurons.game.sampling import subset_indices
+from hedonic_neurons.game.sampling import grown_coalitions, subset_indices
 from hedonic_neurons.game.utility import Choice, choice_sets, group_choice
 
 #: Samples evaluated at once in a PAC round (bounds the working memory of a round).
 SAMPLE_CHUNK = 1 << 16
+
+#: The sampling distributions of :class:`PACTopCover`.
+SAMPLINGS = ("uniform", "phi")
 
 
 # ------------------------------------------------------------------------------- validation
@@ -215,39 +219,80 @@ class PACTopCover:
     """PAC Top Covering (method A8): Top Covering with choice sets estimated from samples.
 
     Round t works on the remaining neurons R. A neuron i whose choice set must be (re-)estimated
-    gets fresh samples from D restricted to R that contain it: D draws a size s uniform on
-    {min_size..max_size} (capped at |R|) and then a uniform subset of R of that size, so given
-    that the subset contains i, s has probability proportional to s and the rest of the
-    coalition is a uniform (s-1)-subset of R \\ {i}. This is exactly D restricted to R, kept
-    to the coalitions that contain i, drawn directly instead of by rejection. T_i* is i's best
-    sample (the preference of :func:`~hedonic_neurons.game.utility.prefers`; the earlier
-    sample among equals) and B_i = Ch(i, T_i*). All sink SCCs of the digraph i -> B_i are output
-    and removed, and the next round re-estimates only the neurons whose B_i lost a member: as in
-    exact Top Covering, a choice set still inside R stays valid (Ch(i, T_i* ∩ R) = B_i), which
-    keeps the number of rounds close to Top Covering's. (Re-drawing every choice set every
-    round instead makes the digraph a new random graph each round whose few small closed sets
-    are all that is removed: on a random phi with n = 4,096 that took 36 rounds of ~200k
-    samples each, and grows with n.)
+    gets fresh samples, coalitions of R that contain i, from a distribution D_i chosen by
+    ``sampling``. T_i* is i's best sample (the preference of
+    :func:`~hedonic_neurons.game.utility.prefers`; the earlier sample among equals) and
+    B_i = Ch(i, T_i*). All sink SCCs of the digraph i -> B_i are output and removed, and the
+    next round re-estimates only the neurons whose B_i lost a member: as in exact Top Covering,
+    a choice set still inside R stays valid (Ch(i, T_i* ∩ R) = B_i), which keeps the number of
+    rounds close to Top Covering's. (Re-drawing every choice set every round instead makes the
+    digraph a new random graph each round whose few small closed sets are all that is removed:
+    on a random phi with n = 4,096 that took 36 rounds of ~200k samples each, and grows with n.)
 
-    **Sample budget.** ``n_samples=None`` gives every re-estimated neuron, in round t with r
-    neurons left,
+    **Sampling distributions D_i** (both on the round's R):
+
+    * ``sampling="uniform"`` (default): D restricted to R, kept to the coalitions that contain
+      i, drawn directly instead of by rejection. D draws a size s uniform on
+      {min_size..max_size} (capped at |R|) and then a uniform subset of R of that size, so given
+      that the subset contains i, s has probability proportional to s and the rest of the
+      coalition is a uniform (s-1)-subset of R \\ {i}.
+    * ``sampling="phi"``: coalitions grown from i. A target size s uniform on
+      {min_size..max_size} (capped at |R|), then s - 1 distinct partners from R \\ {i} drawn one
+      after another, each with probability proportional to w_ij = max(phi_ij, 0) ** phi_power
+      among the partners not drawn yet. A partner with phi_ij <= 0 is never drawn; a neuron
+      with fewer than s - 1 positive partners left in R takes all of them (a smaller
+      coalition; with none it gets the singleton {i}). With ``phi_power=1`` (default) this is the
+      phi-aware sampler of :func:`~hedonic_neurons.game.certify` (``distribution="phi"``,
+      :func:`~hedonic_neurons.game.sampling.phi_coalitions`) with its seed fixed to i and its
+      pool restricted to R; a larger ``phi_power`` concentrates the draws on i's strongest
+      partners (the law depends only on the ratios of phi within i's row, so it is scale-free).
+      Why: uniform samples rarely hold two given partners of i at once (on planted groups of 3
+      at n = 14,336 a neuron's 266 samples of about 7 members almost never do); growing from i
+      along phi puts them together. But with ``phi_power=1`` the many small positive phi of
+      noise still outweigh a few strong partners (with noise sd 0.1 against a signal of 1,
+      their summed positive phi is about 0.04 n, against 2). On planted triples
+      (``benchmarks/bench_game.py --recovery``, default budget) the ARI is, at n = 4,096 and
+      14,336: uniform 0.0001 and 0.0000; phi with ``phi_power`` 1: 0.0005 and 0.0001; 2: 1.000
+      and 0.98; 4: 1.000 and 1.000 (exact Top Covering: 1.000). A "phi" sample costs about 4x
+      the CPU time of a "uniform" one (n = 14,336, ``phi_power=4``: 3.8M samples, 9 s).
+
+    Both give every neuron the same number of samples and read only the re-estimated neurons'
+    own rows of phi ("phi": one block of rows of R at a time).
+
+    **Sample budget and what it guarantees.** ``n_samples=None`` gives every re-estimated
+    neuron, in round t with r neurons left,
 
         A_t = ceil( ln(r * t(t+1) / delta) / epsilon )
 
-    samples. Why: let H be the best coalitions for i (in i's order) that hold an epsilon share
-    of D's coalitions containing i; T_i* is beaten by less than an epsilon share unless all A_t
-    samples miss H, which has probability (1 - epsilon)^A_t <= exp(-epsilon A_t) <= delta /
-    (r t(t+1)). A union bound over the at most r neurons of round t and over all rounds
-    (sum of 1/(t(t+1)) <= 1) gives: with probability >= 1 - delta, every choice set estimated
-    in any round comes from a T_i* that less than an epsilon share of the coalitions of D (on
-    that round's R) containing i beats. At n = 14,336 and epsilon = delta = 0.05 that is 266
-    samples per neuron in round 1 (3.8M samples of about 7 neurons). This is a per-neuron
-    guarantee on the sampled choice sets, not Sliwinski-Zick's theorem for the partition: their
-    bound, (2n^4 + 2n^3) * ceil(ln(2n^3/delta)/epsilon), is about 10^19 samples at n = 14,336
-    and cannot be run. The stability actually reached is measured by
+    samples. The argument uses only that, in round t, each re-estimated neuron i gets A_t
+    independent samples from a distribution D_i (here D_i^t: it depends on the round's R, which
+    the earlier rounds fixed), so it holds for either ``sampling`` and is **relative to the
+    D_i the samples come from**. Let H be the smallest set of i's best coalitions (an upper
+    set of i's order, which ranks coalitions by :func:`~hedonic_neurons.game.utility.prefers`
+    with ties only between equal choice sets of equal size, so such sets are nested) with
+    D_i(H) >= epsilon. If one of the A_t samples falls in H, then T_i* is in H and the
+    coalitions i strictly prefers to T_i* form an upper set smaller than H, so their
+    D_i-probability is < epsilon. All A_t samples miss H with probability <= (1 - epsilon)^A_t
+    <= exp(-epsilon A_t) <= delta / (r t(t+1)), whatever happened in earlier rounds. A union
+    bound over the at most r neurons of round t and over all rounds (sum of 1/(t(t+1)) <= 1)
+    gives: **with
+    probability >= 1 - delta, for every round t and every neuron i re-estimated in it, the
+    coalitions of R that i strictly prefers to T_i* have D_i^t-probability < epsilon**, and
+    B_i = Ch(i, T_i*). Nothing is said about coalitions that D_i gives little or no weight:
+    under ``"phi"`` every coalition holding a neuron j with phi_ij <= 0 has probability 0 (for
+    i such a coalition is never better than the same coalition without j), and an epsilon
+    share of D_i under ``"phi"`` and under ``"uniform"`` are different sets of coalitions, so
+    the two guarantees do not compare. At n = 14,336 and epsilon = delta = 0.05, A_1 = 266 samples per neuron
+    (3.8M samples; "uniform" ones have about 7 neurons). This is a per-neuron guarantee on
+    the sampled choice sets, not Sliwinski-Zick's theorem for the partition: their bound,
+    (2n^4 + 2n^3) * ceil(ln(2n^3/delta)/epsilon), is about 10^19 samples at n = 14,336 and
+    cannot be run. The stability actually reached is measured by
     :func:`~hedonic_neurons.game.certify`. An integer ``n_samples`` replaces A_t. Every
     re-estimated neuron gets at least one sample, so no neuron is ever left without a choice
-    set, and every round removes at least one sink SCC (at most n rounds).
+    set, and every round removes at least one sink SCC (at most n rounds). Under either
+    distribution a coalition that holds Ch(i, R) has positive probability (max_size >= k + 1;
+    for "phi" unless ``phi_power`` > 1 underflows a partner's w_ij to 0 in float64), so as the
+    budget grows every B_i becomes Ch(i, R) and the output becomes Top Covering's.
 
     Attributes after :meth:`fit`: ``coalitions_``, ``labels_``, ``removal_round_``,
     ``n_rounds_``, ``n_samples_`` (total drawn), ``diagnostics_`` (one dict per round:
@@ -265,6 +310,8 @@ class PACTopCover:
         max_size: int = 10,
         random_state: int | np.random.Generator | None = None,
         *,
+        sampling: str = "uniform",
+        phi_power: float = 1.0,
         progress: bool = False,
     ) -> None:
         self.k = k
@@ -274,6 +321,8 @@ class PACTopCover:
         self.min_size = min_size
         self.max_size = max_size
         self.random_state = random_state
+        self.sampling = sampling
+        self.phi_power = phi_power
         self.progress = progress
 
     def _check(self, n: int) -> tuple[int, int, int]:
@@ -287,6 +336,11 @@ class PACTopCover:
             )
         if self.n_samples is not None:
             check_count("n_samples", self.n_samples)
+        if not isinstance(self.sampling, str) or self.sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        p = self.phi_power
+        if isinstance(p, bool) or not isinstance(p, Real) or not (math.isfinite(p) and p > 0):
+            raise ConfigError(f"phi_power must be a finite number > 0, got {p!r}")
         return k, lo, hi
 
     def budget(self, remaining: int, round_index: int) -> int:
@@ -304,12 +358,13 @@ class PACTopCover:
         peeling = _Peeling(n, self.progress, "pac-top-cover")
         choice = np.full((n, k), -1, dtype=np.int64)
         dirty = np.arange(n)
+        how = {"sampling": self.sampling, "power": float(self.phi_power)}
         total = 0
         try:
             while peeling.alive.any():
                 remaining = np.flatnonzero(peeling.alive)
                 per = self.budget(remaining.size, len(peeling.diagnostics) + 1)
-                choice[dirty] = sampled_choice(phi, rng, remaining, dirty, per, lo, hi, k)
+                choice[dirty] = sampled_choice(phi, rng, remaining, dirty, per, lo, hi, k, **how)
                 total += per * dirty.size
                 left = peeling.peel(remaining, choice[remaining])
                 peeling.diagnostics[-1].update(
@@ -332,13 +387,20 @@ def sampled_choice(
     min_size: int,
     max_size: int,
     k: int,
+    *,
+    sampling: str = "uniform",
+    power: float = 1.0,
 ) -> np.ndarray:
     """B_i = Ch(i, T_i*) for each of ``players``, from ``per_player`` samples each.
 
-    Samples come from D restricted to ``remaining`` (sorted), conditioned on containing the
-    player (see :class:`PACTopCover`). Only the player's own row of phi is read. Returns
-    (len(players), k) neuron ids, ``-1`` padded.
+    ``sampling="uniform"``: samples come from D restricted to ``remaining`` (sorted),
+    conditioned on containing the player; ``"phi"``: coalitions grown from the player inside
+    ``remaining`` along positive phi (``phi_ij ** power``; see :class:`PACTopCover` and
+    :func:`~hedonic_neurons.game.sampling.grown_coalitions`). Only the players' own rows of
+    phi are read. Returns (len(players), k) neuron ids, ``-1`` padded.
     """
+    if sampling == "phi":
+        return _grown_choice(phi, rng, remaining, players, per_player, min_size, max_size, k, power)
     r = remaining.size
     lo, hi = min(min_size, r), min(max_size, r)
     sizes = np.arange(lo, hi + 1)
@@ -366,6 +428,41 @@ def sampled_choice(
             owner, who.size, u=choice.u, size=size, choice=choice, sample=np.arange(owner.size)
         )
         out[who] = partners[best]
+    return out
+
+
+def _grown_choice(
+    phi: np.ndarray,
+    rng: np.random.Generator,
+    remaining: np.ndarray,
+    players: np.ndarray,
+    per_player: int,
+    min_size: int,
+    max_size: int,
+    k: int,
+    power: float,
+) -> np.ndarray:
+    """:func:`sampled_choice` with coalitions grown from each player (``sampling="phi"``)."""
+    n = phi.shape[0]
+    out = np.full((players.size, k), -1, dtype=np.int64)
+    step = max(1, SAMPLE_CHUNK // per_player)
+    for start in range(0, players.size, step):
+        who = players[start : start + step]
+        owner, members = grown_coalitions(
+            phi, rng, remaining, who, per_player, min_size, max_size, power=power
+        )
+        cols = np.full(members.shape, n, dtype=np.int64)  # the partners in index order; n: none
+        cols[:, :-1] = np.sort(np.where(members[:, 1:] >= 0, members[:, 1:], n), axis=1)
+        real = cols < n
+        vals = np.where(real, phi[who[owner][:, None], np.minimum(cols, n - 1)], -np.inf)
+        pos, chosen = choice_sets(vals, k, overwrite=True)
+        partners = np.where(pos >= 0, np.take_along_axis(cols, np.maximum(pos, 0), axis=1), -1)
+        choice = Choice(partners, chosen)
+        size = 1 + real.sum(axis=1)
+        best = best_entries(
+            owner, who.size, u=choice.u, size=size, choice=choice, sample=np.arange(owner.size)
+        )
+        out[start : start + who.size] = partners[best]
     return out
 
 
