@@ -184,3 +184,25 @@ def test_prepared_partition_gives_the_same_certificates_and_checks_its_game():
         certify(phi, prepared, k=3, n_samples=100)
     with pytest.raises(ConfigError, match="prepared partition"):
         certify(phi[:40, :40], prepared, k=2, n_samples=100)
+
+
+@pytest.mark.parametrize("n", [5, 32, 70, 100])
+def test_phi_sampler_first_draw_follows_the_weights_across_blocks(n):
+    """The two-level inverse CDF (blocks of columns, then columns) draws column j with
+    probability w_j / sum(w), zero weights never, whether n is below, at or past a block size."""
+    from hedonic_neurons.game.sampling import DRAW_BLOCK, _partners_from_rows
+
+    rng = np.random.default_rng(n)
+    w = rng.random(n) ** 3
+    w[rng.random(n) < 0.3] = 0.0  # zero-weight columns, some inside positive blocks
+    w[0] = 0.0
+    w[-1] = 0.5  # the last (partial) block carries weight
+    m = 200_000
+    draws = _partners_from_rows(
+        np.random.default_rng(0), w[None, :], np.zeros(m, dtype=np.int64), np.ones(m, dtype=np.int64), 1
+    )[:, 0]
+    assert (draws >= 0).all() and (w[draws] > 0).all()
+    freq = np.bincount(draws, minlength=n) / m
+    p = w / w.sum()
+    assert np.abs(freq - p).max() < 5 * np.sqrt(p.max() / m) + 1e-12
+    assert n <= DRAW_BLOCK or np.bincount(draws // DRAW_BLOCK).size == (n - 1) // DRAW_BLOCK + 1

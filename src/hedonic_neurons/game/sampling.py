@@ -90,6 +90,10 @@ def _first_distinct(cands: np.ndarray, need: np.ndarray, width: int) -> tuple[np
     return chosen, kept.sum(axis=1)
 
 
+#: Columns per block of the two-level inverse CDF of :func:`_partners_from_rows`.
+DRAW_BLOCK = 32
+
+
 def _partners_from_rows(
     rng: np.random.Generator, weights: np.ndarray, row: np.ndarray, need: np.ndarray, width: int
 ) -> np.ndarray:
@@ -100,18 +104,36 @@ def _partners_from_rows(
     sampling); the few samples still short after a few passes finish one draw at a time.
     """
     c, n = row.size, weights.shape[1]
-    cdf = weights.astype(np.float64)
-    np.cumsum(cdf, axis=1, out=cdf)  # in float64 (a float32 running sum drifts over 10^4 terms)
-    total = cdf[:, -1].copy()
-    offset = np.arange(cdf.shape[0]) * (2.0 * total.max(initial=0.0) + 1.0)
-    cdf += offset[:, None]  # one increasing array: row r lies in [offset_r, offset_r + total_r]
-    flat = cdf.ravel()
+    # Two-level inverse CDF: the cumulative weight of blocks of DRAW_BLOCK columns (float64)
+    # picks a block, the cumulative weight inside the block picks the column. The same law as
+    # one cumulative sum over the whole row, at a fraction of the cost: a row is read once by a
+    # vectorised block sum instead of a sequential n-term cumulative sum (6x slower here), and
+    # only the drawn blocks are summed column by column.
+    starts = np.arange(0, n, DRAW_BLOCK)
+    bcdf = np.add.reduceat(weights, starts, axis=1, dtype=np.float64)
+    np.cumsum(bcdf, axis=1, out=bcdf)
+    nb = starts.size
+    total = bcdf[:, -1].copy()
+    offset = np.arange(bcdf.shape[0]) * (2.0 * total.max(initial=0.0) + 1.0)
+    bcdf += offset[:, None]  # one increasing array: row r lies in [offset_r, offset_r + total_r]
+    flat = bcdf.ravel()
+    inside = np.arange(DRAW_BLOCK)
 
     def draw(rows: np.ndarray, count: int) -> np.ndarray:
-        # first index whose cumulative weight exceeds U * total: never a zero-weight column
+        # the first column whose cumulative weight exceeds U * total: never a zero-weight column
         q = offset[rows][:, None] + rng.random((rows.size, count)) * total[rows][:, None]
-        j = np.searchsorted(flat, q, side="right") - rows[:, None] * n
-        return np.where(j < n, j, -1)  # q rounded up onto the row's end: a void draw
+        b = np.searchsorted(flat, q, side="right")  # global block index (row * nb + block)
+        local = b - rows[:, None] * nb
+        valid = local < nb  # q rounded up onto the row's end: a void draw
+        b = np.where(valid, b, rows[:, None] * nb)
+        rest = q - np.where(local > 0, flat[np.maximum(b - 1, 0)], offset[rows][:, None])
+        cols = np.where(valid, local, 0)[..., None] * DRAW_BLOCK + inside  # (rows, count, block)
+        w = weights[rows[:, None, None], np.minimum(cols, n - 1)].astype(np.float64)
+        w[cols >= n] = 0.0
+        within = (np.cumsum(w, axis=2) <= rest[..., None]).sum(axis=2)
+        ok = valid & (within < DRAW_BLOCK)  # rounding past the block's end: a void draw
+        j = np.where(ok, local * DRAW_BLOCK + np.minimum(within, DRAW_BLOCK - 1), -1)
+        return np.where(j < n, j, -1)
 
     chosen = np.full((c, width), -1, dtype=np.int64)
     got = np.zeros(c, dtype=np.int64)
