@@ -7,6 +7,7 @@ from hedonic_neurons.baselines.partitioners import (
     RandomPartition,
     SphericalKMeans,
     coalitions_from_labels,
+    positive_partner_graph,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "RandomPartition",
     "SphericalKMeans",
     "coalitions_from_labels",
+    "positive_partner_graph",
 ]
