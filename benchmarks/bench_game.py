@@ -23,6 +23,16 @@ memory (each in its own subprocess; phi is validated before the timer):
     python benchmarks/bench_game.py --recovery --recovery-n 1024 --phi-powers 1,4
 
 Target: PACTopCover with phi-aware sampling reaches ARI >= 0.95.
+
+``--noise-curve`` is the recovery curve of the thresholded game (issue 14, item 4): the planted
+game of :func:`hedonic_neurons.game.planted.planted_game` (n = 2,000, 278 groups of 2-12,
+strengths 0.2-1, Student-t noise with 5 degrees of freedom of scale sigma, se = sigma) at each
+noise level, ARI of exact Top Covering and of PACTopCover (phi-aware sampling, phi_power 4) on
+the plain game and on the thresholded one (only phi_ij > min_z * se_ij counts as a partner),
+k = 2 and 3, as a Markdown table:
+
+    python benchmarks/bench_game.py --noise-curve
+    python benchmarks/bench_game.py --noise-curve --min-z 4,6 --sigmas 0,0.02
 """
 
 from __future__ import annotations
@@ -219,6 +229,42 @@ def child(
     print(json.dumps(out))
 
 
+def noise_curve(args: argparse.Namespace) -> int:
+    """The ``--noise-curve`` table (one process: the fits are small)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from hedonic_neurons.game import PACTopCover, TopCover
+    from hedonic_neurons.game.planted import planted_game
+    from hedonic_neurons.game.significance import DEFAULT_MIN_Z
+
+    zs = [float(z) for z in args.min_z.split(",")] if args.min_z else [DEFAULT_MIN_Z]
+    sigmas = [float(x) for x in args.sigmas.split(",")]
+    games = ["plain"] + [f"min_z {z:g}" for z in zs]
+    print("planted game: n = 2,000, 278 groups of 2-12, strengths 0.2-1, Student-t (df 5) noise x sigma")
+    print(
+        f"(default min_z = {DEFAULT_MIN_Z:g}; ARI against the planted groups; PAC: phi-aware, phi_power 4)\n"
+    )
+    print("| k | solver | game | " + " | ".join(f"sigma {x:g}" for x in sigmas) + " |")
+    print("|---|---|---|" + "---|" * len(sigmas))
+    planted = {x: planted_game(sigma=x, random_state=args.seed) for x in sigmas}
+    for k in (2, 3):
+        for solver in ("exact", "pac"):
+            for game in games:
+                cells = []
+                for x in sigmas:
+                    g = planted[x]
+                    z = None if game == "plain" else float(game.split()[1])
+                    est = (
+                        TopCover(k, min_z=z)
+                        if solver == "exact"
+                        else PACTopCover(k, random_state=args.seed, sampling="phi", phi_power=4.0, min_z=z)
+                    )
+                    est.fit(g.phi, None if z is None else g.se)
+                    cells.append(f"{adjusted_rand_score(g.labels, est.labels_):.3f}")
+                print(f"| {k} | {solver} | {game} | " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=14_336)
@@ -243,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--phi-powers", default="1,2,4", help="comma list of phi_power values for PACTopCover(phi)"
     )
+    ap.add_argument(
+        "--noise-curve", action="store_true", help="recovery of the plain vs thresholded game as noise grows"
+    )
+    ap.add_argument("--sigmas", default="0,0.002,0.005,0.01,0.02,0.05", help="noise levels for --noise-curve")
+    ap.add_argument(
+        "--min-z", default="", help="comma list of min_z for --noise-curve (default: the library's)"
+    )
     ap.add_argument("--child", choices=["pac", "exact"], help=argparse.SUPPRESS)
     ap.add_argument("--child-recovery", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -264,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.recovery:
         return recovery(args)
+    if args.noise_curve:
+        return noise_curve(args)
     print(
         f"random symmetric phi (float32, N(0,1) entries), n = {args.n:,}, k = {args.k}, "
         f"epsilon = {args.epsilon}, delta = {args.delta}, seed = {args.seed}, "

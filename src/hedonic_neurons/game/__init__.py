@@ -19,12 +19,16 @@ from hedonic_neurons.game.certify import (
     prepare_partition,
 )
 from hedonic_neurons.game.digraph import sink_sccs
+from hedonic_neurons.game.planted import PlantedGame, planted_game
+from hedonic_neurons.game.significance import DEFAULT_MIN_Z, significant_phi
 from hedonic_neurons.game.solvers import PACTopCover, TopCover, pac_budget
 from hedonic_neurons.game.utility import choice_sets, prefers, utility
 
 __all__ = [
+    "DEFAULT_MIN_Z",
     "Certificate",
     "PACTopCover",
+    "PlantedGame",
     "PreparedPartition",
     "TopCover",
     "certify",
@@ -32,8 +36,10 @@ __all__ = [
     "clopper_pearson_upper",
     "is_core_stable",
     "pac_budget",
+    "planted_game",
     "prefers",
     "prepare_partition",
+    "significant_phi",
     "sink_sccs",
     "utility",
 ]

@@ -23,6 +23,7 @@ from hedonic_neurons.artifacts import canonical_coalitions, labels_from_coalitio
 from hedonic_neurons.errors import ConfigError
 from hedonic_neurons.game.digraph import groups_of, sink_labels
 from hedonic_neurons.game.sampling import grown_coalitions, subset_indices
+from hedonic_neurons.game.significance import check_min_z, significant_phi
 from hedonic_neurons.game.utility import Choice, choice_sets, group_choice
 
 #: Samples evaluated at once in a PAC round (bounds the working memory of a round).
@@ -63,6 +64,18 @@ def check_sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
     if hi < lo:
         raise ConfigError(f"max_size must be >= min_size, got min_size={lo}, max_size={hi}")
     return lo, hi
+
+
+def thresholded(phi: Any, se: Any, min_z: Any) -> np.ndarray:
+    """The game's phi: validated, and thresholded at ``min_z`` standard errors when set."""
+    min_z = check_min_z(min_z)
+    if min_z is None:
+        if se is not None:
+            raise ConfigError("se was given but min_z is None: set min_z to use the standard errors")
+        return validate_phi(phi)
+    if se is None:
+        raise ConfigError(f"min_z = {min_z} needs the standard errors of phi (se=...)")
+    return significant_phi(phi, se, min_z)
 
 
 # ----------------------------------------------------------------------------- the rounds
@@ -149,14 +162,20 @@ class TopCover:
     largest_removed, recomputed).
     """
 
-    def __init__(self, k: int = 2, *, progress: bool = False) -> None:
+    def __init__(self, k: int = 2, *, min_z: float | None = None, progress: bool = False) -> None:
         self.k = k
+        self.min_z = min_z
         self.progress = progress
         self.random_state = None  # deterministic; kept for the shared estimator interface
 
-    def fit(self, phi: Any) -> TopCover:
-        """Partition the neurons of ``phi`` (n x n, symmetric); returns ``self``."""
-        phi = validate_phi(phi)
+    def fit(self, phi: Any, se: Any = None) -> TopCover:
+        """Partition the neurons of ``phi`` (n x n, symmetric); returns ``self``.
+
+        With ``min_z`` set, ``se`` (the standard errors of phi, n x n) is required and only
+        partners with phi_ij > min_z * se_ij count (the thresholded game,
+        :mod:`hedonic_neurons.game.significance`).
+        """
+        phi = thresholded(phi, se, self.min_z)
         n = phi.shape[0]
         k = check_k(self.k, n)
         width = min(n - 1, max(4 * k, 8))
@@ -312,9 +331,11 @@ class PACTopCover:
         *,
         sampling: str = "uniform",
         phi_power: float = 1.0,
+        min_z: float | None = None,
         progress: bool = False,
     ) -> None:
         self.k = k
+        self.min_z = min_z
         self.epsilon = epsilon
         self.delta = delta
         self.n_samples = n_samples
@@ -349,9 +370,12 @@ class PACTopCover:
             return int(self.n_samples)
         return pac_budget(remaining, float(self.epsilon), float(self.delta), round_index)
 
-    def fit(self, phi: Any) -> PACTopCover:
-        """Partition the neurons of ``phi`` (n x n, symmetric); returns ``self``."""
-        phi = validate_phi(phi)
+    def fit(self, phi: Any, se: Any = None) -> PACTopCover:
+        """Partition the neurons of ``phi`` (n x n, symmetric); returns ``self``.
+
+        ``se`` and the ``min_z`` parameter: the thresholded game, as in :meth:`TopCover.fit`.
+        """
+        phi = thresholded(phi, se, self.min_z)
         n = phi.shape[0]
         k, lo, hi = self._check(n)
         rng = np.random.default_rng(self.random_state)
