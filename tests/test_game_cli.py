@@ -95,3 +95,17 @@ def test_solve_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
         assert code == 2
         assert err.startswith("error: ") and err.count("\n") == 1 and match in err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_solve_with_phi_aware_sampling(phi_file, tmp_path, capsys):
+    path, phi = phi_file
+    out = tmp_path / "part.json"
+    argv = ["solve", str(path), "--out", str(out), "--seed", "2", "--certify-samples", "500"]
+    code, _, _ = run([*argv, "--sampling", "phi", "--phi-power", "2"], capsys)
+    assert code == 0
+    doc = load_partition(out)
+    expected = PACTopCover(k=2, random_state=2, sampling="phi", phi_power=2.0).fit(phi)
+    assert doc["coalitions"] == expected.coalitions_
+    assert doc["params"]["sampling"] == "phi" and doc["params"]["phi_power"] == 2.0
+    code, _, err = run([*argv, "--sampling", "smart"], capsys)
+    assert code == 2 and "sampling" in err and len(err.strip().splitlines()) == 1

@@ -163,8 +163,9 @@ def constructed_layers(gated: bool):
 
 @pytest.mark.parametrize("gated", [True, False])
 def test_constructed_example_labels(gated):
+    """The absolute A11 rule, kept by name (it was the default before the null rule)."""
     src, tgt, A, g, down, up, gate = constructed_layers(gated)
-    res = track_layers(down, up, gate, g, A, src, tgt, layer=3)
+    res = track_layers(down, up, gate, g, A, src, tgt, layer=3, rule="matching")
     assert (res.dropped_sources, res.dropped_targets) == (1, 1)
     assert res.source_index == list(range(7)) and res.target_index == list(range(10))
     np.testing.assert_allclose(res.mass, DESIGN, rtol=1e-5, atol=1e-9)
@@ -203,18 +204,18 @@ def test_constructed_example_labels(gated):
 def test_tau_moves_the_labels():
     """tau = 0.3: S1 (alpha 0.4) and S2 (beta 0.4) persist, S4 (alpha 1/3, beta 1/4) merges."""
     src, tgt, A, g, down, up, gate = constructed_layers(False)
-    low = track_layers(down, up, gate, g, A, src, tgt, tau=0.3)
+    low = track_layers(down, up, gate, g, A, src, tgt, tau=0.3, rule="matching")
     assert low.source_labels[:5] == ["persistence"] * 4 + ["merge"]
-    high = track_layers(down, up, gate, g, A, src, tgt, tau=0.6)
+    high = track_layers(down, up, gate, g, A, src, tgt, tau=0.6, rule="matching")
     assert high.source_labels[3] == "split"  # alpha 7/13 < 0.6
 
 
 def test_min_size_drops_and_counts():
     src, tgt, A, g, down, up, gate = constructed_layers(False)
-    res = track_layers(down, up, gate, g, A, src, tgt, min_size=3)
+    res = track_layers(down, up, gate, g, A, src, tgt, min_size=3, rule="matching")
     assert (res.dropped_sources, res.dropped_targets) == (8, 11)
     assert res.mass.shape == (0, 0) and res.counts["vanishing"] == 0
-    res1 = track_layers(down, up, gate, g, A, src, tgt, min_size=1)
+    res1 = track_layers(down, up, gate, g, A, src, tgt, min_size=1, rule="matching")
     assert res1.mass.shape == (8, 11) and res1.dropped_sources == 0
 
 
@@ -251,7 +252,7 @@ def test_code_rule_on_hand_example():
 
 def test_transition_table_markdown_and_csv(tmp_path):
     src, tgt, A, g, down, up, gate = constructed_layers(False)
-    res = [track_layers(down, up, gate, g, A, src, tgt, layer=layer) for layer in (2, 3)]
+    res = [track_layers(down, up, gate, g, A, src, tgt, layer=layer, rule="matching") for layer in (2, 3)]
     rows = transition_table(res, method="hedonic")
     write_transition_table(rows, tmp_path / "t.md", tmp_path / "t.csv")
     with open(tmp_path / "t.csv", newline="") as fh:
@@ -352,12 +353,17 @@ def test_track_partitions_and_output_files(tmp_path):
     written = write_tracking(results, tmp_path / "out", method="kmeans", meta={"note": 1})
     doc = read_json(written["transition_L0_L1"])
     assert doc["method"] == "kmeans" and doc["note"] == 1 and "provenance" in doc
+    # every tracked source gets one label (the null rule adds "unstructured" to A11's four)
+    assert doc["rule"] == "null"
     assert (
-        sum(doc["counts"][k] for k in ("persistence", "split", "merge", "vanishing"))
+        sum(doc["counts"][k] for k in ("persistence", "split", "merge", "vanishing", "unstructured"))
         == doc["tracked"]["sources"]
     )
     assert (tmp_path / "out" / "transitions.csv").read_text().count("kmeans") == 2
-    assert written["sankey"].stat().st_size > 1_000_000
+    # the Sankey reads plotly from the shared bundle next to it
+    assert written["sankey"].stat().st_size < 1_000_000
+    assert (tmp_path / "out" / "plotly.min.js").stat().st_size > 1_000_000
+    assert 'src="plotly.min.js"' in written["sankey"].read_text()
 
     save_partition(tmp_path / "in" / "dup.json", parts[2], method="x", params={}, layer=2)
     with pytest.raises(DataError, match="both partitions of layer 2"):
@@ -432,5 +438,6 @@ def test_cli_baseline_and_track_on_minilm(tmp_path):
     )
     tr = read_json(tmp_path / "trk" / "transition_L1_L2.json")
     assert tr["activations"]["pairs"] == 16 and tr["tracked"]["sources"] == doc["sizes"]["count"]
-    assert abs(sum(tr["percent"][k] for k in ("persistence", "split", "merge", "vanishing")) - 100) < 1e-6
+    labels = ("persistence", "split", "merge", "vanishing", "unstructured")
+    assert abs(sum(tr["percent"][k] for k in labels) - 100) < 1e-6
     assert (tmp_path / "trk" / "sankey.html").is_file() and (tmp_path / "trk" / "transitions.md").is_file()

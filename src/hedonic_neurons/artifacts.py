@@ -2,7 +2,9 @@
 
 Every stage writes files a person can open: tensors in safetensors, everything else JSON.
 Files are written atomically (temporary file + rename), so a killed run never leaves a
-half-written artifact behind, and every artifact carries :func:`provenance`.
+half-written artifact behind; they get the permissions of an ordinary file (``0666`` less the
+user's umask), and every artifact carries :func:`provenance`. Partition files are read through
+one schema (:class:`PartitionFile`), so a malformed one is one error naming the file and field.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import weakref
 from collections.abc import Sequence
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from hedonic_neurons import __version__
 from hedonic_neurons.errors import DataError, PhiError
@@ -72,12 +75,30 @@ def provenance(**extra: Any) -> dict[str, Any]:
     return info
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc`` where possible: setting it to read it is racy)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+
+    The file gets mode ``0666 & ~umask``, as if it had been opened normally (the temporary file
+    would otherwise keep ``mkstemp``'s private ``0600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -127,13 +148,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file (a UTF-8 byte-order mark is allowed); one :class:`DataError` naming the
+    file when it is missing, unreadable, not UTF-8 or not JSON."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected a JSON file)")
+        what = "a folder" if path.is_dir() else "file not found"
+        raise DataError(f"{path}: {what} (expected a JSON file)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a JSON file"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); expected a JSON file") from None
 
 
 # ----------------------------------------------------------------------------------------- phi
@@ -205,6 +235,10 @@ def validate_phi(phi: Any, *, name: str = "phi", atol: float = 1e-5) -> np.ndarr
     if is_validated_phi(phi):
         return phi
     arr = np.asarray(phi)
+    # an array of integers or booleans is a wrong file (labels, counts, a mask), not a phi;
+    # nested lists of numbers (literal test data) are converted
+    if arr.dtype.kind != "f" and (hasattr(phi, "dtype") or arr.dtype.kind not in "iu"):
+        raise PhiError(f"{name} has dtype {arr.dtype}; expected a floating-point matrix (float32 or float64)")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
@@ -272,10 +306,11 @@ def load_phi(path: str | os.PathLike) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected a phi_layer{{L}}.safetensors file)")
+        what = "a folder" if path.is_dir() else "file not found"
+        raise DataError(f"{path}: {what} (expected a phi_layer{{L}}.safetensors file)")
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a readable safetensors file ({exc})") from None
     if "phi" not in tensors:
         raise DataError(f"{path}: no tensor named 'phi' (found {sorted(tensors)})")
@@ -362,10 +397,83 @@ def save_partition(
     return write_json(path, doc)
 
 
-def load_partition(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a partition JSON; checks its format tag and that it covers every neuron once."""
-    doc = read_json(path)
-    if not isinstance(doc, dict) or doc.get("format") != PARTITION_FORMAT:
-        raise DataError(f"{path}: not a partition file (expected format '{PARTITION_FORMAT}')")
-    labels_from_coalitions(doc["coalitions"], int(doc["n_neurons"]))
+class PartitionFile(BaseModel):
+    """The schema of a partition JSON (written by :func:`save_partition`): the fields every reader
+    relies on. Other fields (sizes, certificates, provenance, ...) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["hedonic-neurons/partition/v1"]
+    n_neurons: StrictInt = Field(ge=1)
+    coalitions: list[list[StrictInt]]
+    layer: StrictInt | None = Field(None, ge=0)
+    method: str | None = None
+    labels: list[StrictInt] | None = None
+    params: dict[str, Any] | None = None
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def is_partition_document(doc: Any) -> bool:
+    """Whether a parsed JSON document carries the partition format tag."""
+    return isinstance(doc, dict) and doc.get("format") == PARTITION_FORMAT
+
+
+def check_partition(doc: Any, source: str | os.PathLike) -> dict[str, Any]:
+    """Validate a parsed partition document against :class:`PartitionFile` and check that its
+    coalitions cover neurons 0..n_neurons-1 exactly once (and agree with ``labels``). Errors are
+    one :class:`DataError` naming ``source`` and the field."""
+    if not isinstance(doc, dict):
+        raise DataError(
+            f"{source}: not a partition file (expected a JSON object with format '{PARTITION_FORMAT}', "
+            f"got a JSON {type(doc).__name__})"
+        )
+    try:
+        PartitionFile.model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors()
+        fmt = next((e for e in errors if e["loc"][:1] == ("format",)), None)
+        if fmt is not None:
+            got = "no 'format' field" if fmt["type"] == "missing" else f"format {doc.get('format')!r}"
+            raise DataError(
+                f"{source}: not a partition file ({got}; expected format '{PARTITION_FORMAT}')"
+            ) from None
+        err = errors[0]
+        field = _field_name(err["loc"])
+        if err["type"] == "missing":
+            raise DataError(
+                f"{source}: missing field '{field}' (expected a partition file as written by "
+                "hedonic solve or hedonic baseline)"
+            ) from None
+        got = err.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+        raise DataError(f"{source}: field '{field}': {err['msg']}{shown}") from None
+    try:
+        labels = labels_from_coalitions(doc["coalitions"], doc["n_neurons"])
+    except DataError as exc:
+        raise DataError(f"{source}: field 'coalitions' with n_neurons {doc['n_neurons']}: {exc}") from None
+    recorded = doc.get("labels")
+    if recorded is not None:
+        if len(recorded) != labels.size:
+            raise DataError(
+                f"{source}: field 'labels' has {len(recorded)} entries, expected n_neurons = {labels.size}"
+            )
+        differ = np.flatnonzero(np.asarray(recorded, dtype=np.int64) != labels)
+        if differ.size:
+            i = int(differ[0])
+            raise DataError(
+                f"{source}: field 'labels' disagrees with 'coalitions' at neuron {i} "
+                f"(labels says {recorded[i]}, coalitions say {int(labels[i])})"
+            )
     return doc
+
+
+def load_partition(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a partition JSON; checks it against :class:`PartitionFile` and that it covers every
+    neuron once (:func:`check_partition`). Returns the document."""
+    return check_partition(read_json(path), path)

@@ -3,7 +3,9 @@
 Validation happens before any work starts: unknown keys, wrong types, missing data files and
 layers the model does not have each give one :class:`~hedonic_neurons.errors.ConfigError` line
 (exit code 2 on the command line). Every field has a default, so a config names only what it
-changes. Data paths are relative to the config file's folder.
+changes. Data paths are relative to the config file's folder. Layers may be negative (counted from
+the end, as in ``hedonic collect --layers -1``); :func:`hedonic_neurons.validation.check_run`
+turns them into indices from the model's config.
 """
 
 from __future__ import annotations
@@ -69,11 +71,30 @@ class GameConfig(_Strict):
     epsilon: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(0.05, gt=0, lt=1)
     n_samples: int | None = Field(None, ge=1)
+    # PAC samples: "uniform" (D of A8) or "phi" (grown along positive phi, partners drawn in
+    # proportion to phi^phi_power; power 4 recovers planted triples where 1 cannot: bench_game.py)
+    sampling: Literal["uniform", "phi"] = "uniform"
+    phi_power: float = Field(4.0, gt=0)
 
 
 class TrackingConfig(_Strict):
-    tau: float = Field(0.5, gt=0, lt=1)
+    # "null": labels judged against size-preserving random partitions (A13'); the absolute rules
+    # stay available by name: "matching" (A11, tau default 0.5) and "code" (public code, tau 0.3).
+    # The defaults equal `hedonic track`'s (tracking.run.TrackSettings; a test keeps them equal).
+    rule: Literal["null", "matching", "code"] = "null"
+    tau: float | None = Field(None, gt=0, le=1)  # absolute rules only
     min_size: int = Field(2, ge=1)
+    null_draws: int = Field(100, ge=100)  # random partitions per layer pair
+    null_level: float = Field(0.95, ge=0.5, lt=1)  # share of a random partition left unstructured
+    horizon: int = Field(3, ge=1)  # track layer l to l+1 ... l+horizon
+    flow_pairs: int = Field(64, ge=0)  # train pairs for the interventional flow (0: none)
+
+    @field_validator("tau")
+    @classmethod
+    def _tau_for_absolute_rules(cls, v: float | None, info: Any) -> float | None:
+        if v is not None and info.data.get("rule", "null") == "null":
+            raise ValueError("tau applies to the rules 'matching' and 'code'; rule 'null' sets it from the null")
+        return v
 
 
 def _unique(v: list) -> list:
@@ -170,13 +191,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            what = "is a folder, expected a YAML config file" if path.is_dir() else "config file not found"
+            raise ConfigError(f"{path}: {what}")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{line}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); expected a YAML config file") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of keys at the top level")
         base = path.resolve().parent
@@ -214,8 +240,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def check_layers(cfg: RunConfig, n_layers: int) -> None:
-    """One line when a configured layer does not exist in the model."""
-    bad = [layer for layer in cfg.layers + (cfg.finetune.layers or []) if not 0 <= layer < n_layers]
+    """One line when a configured layer does not exist in the model (negative: from the end)."""
+    bad = [layer for layer in cfg.layers + (cfg.finetune.layers or []) if not -n_layers <= layer < n_layers]
     if bad:
         raise ConfigError(
             f"layer {bad[0]} is out of range: model '{cfg.model}' has {n_layers} layers (0..{n_layers - 1})"

@@ -24,3 +24,14 @@ class PhiError(HedonicError):
 
 class ConfigError(HedonicError):
     """A configuration file or a parameter is invalid."""
+
+
+class BusyError(HedonicError):
+    """An output folder or file is in use by another run (its lock names the holder)."""
+
+
+class HedonicNote(UserWarning):
+    """Something a user should know that is not an error (a header row skipped, a file ignored).
+
+    Issued with :func:`warnings.warn`; the command line prints it as one ``note:`` line on stderr.
+    """

@@ -18,6 +18,13 @@ tracking       ``tracking/<method>/``      transitions between adjacent layers, 
 evaluate       ``evaluation.json``         OOD drop, alignment R², ridge R², synergy, certificate
 report         ``report.*``                report.md, results.json, figures/, report.html
 =============  ==========================  ==================================================
+
+Before any work, :func:`run` checks everything it can from files alone
+(:func:`hedonic_neurons.validation.check_run`: stage name, output folder, model, layers,
+adapter) and locks the output folder (:mod:`hedonic_neurons.locking`: a second run on it is
+refused); the data files are read next, before anything is written. A run that fails or is
+interrupted before any stage finished leaves nothing behind; otherwise finished stages are kept
+and a rerun resumes from them.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ from hedonic_neurons.artifacts import (
     save_partition,
     write_json,
 )
-from hedonic_neurons.config import PairSource, RunConfig, check_layers
+from hedonic_neurons.config import PairSource, RunConfig
 from hedonic_neurons.errors import ConfigError, HedonicError
+from hedonic_neurons.validation import RUN_STAGES
 
 HEDONIC = {"oca": "hedonic-oca", "pas": "hedonic-pas"}
 #: columns of the extrinsic table ("k": coalitions evaluated per layer, after size matching)
@@ -147,12 +155,13 @@ class Pipeline:
     # -- stages ---------------------------------------------------------------------------------
 
     def run(self, stop_after: str | None = None) -> Path:
+        """Every stage in order (or up to ``stop_after``). Returns ``report.html``, or the output
+        folder when stopped before the report. The config is expected checked
+        (:func:`hedonic_neurons.validation.check_run`, as :func:`run` does)."""
         cfg = self.cfg
         from hedonic_neurons.models import load_model
 
-        base = load_model(cfg.model, reference=cfg.reference, input_format=self._input_format())
-        check_layers(cfg, base.n_layers)
-        _log(f"output folder: {self.out}")
+        # the data first: its errors name the file and line, before anything is written
         self.train, self.train_qrels, self.train_desc = load_split(
             cfg.data.train, "train", cfg.data.max_train_pairs, cfg.seed, cfg.task
         )
@@ -161,9 +170,11 @@ class Pipeline:
         )
         if cfg.task == "rm" and not self.test_qrels:
             raise ConfigError("task 'rm' needs relevance labels (qrels) for the test data")
+        _log(f"output folder: {self.out}")
         write_json(self.out / "config.json", {**cfg.model_dump(mode="json"), "provenance": provenance()})
         adapter = self.stage_finetune()
-        del base
+        if stop_after == "finetune":
+            return self.out
         self.nm = load_model(
             cfg.model, adapter=adapter, reference=cfg.reference, input_format=self._input_format(adapter)
         )
@@ -175,10 +186,11 @@ class Pipeline:
             ("evaluate", self.stage_evaluate),
             ("report", self.stage_report),
         ]
+        assert ("finetune", *(name for name, _ in steps)) == RUN_STAGES
         for name, fn in steps:
             fn()
-            if stop_after == name:
-                break
+            if stop_after == name and name != "report":
+                return self.out
         return self.out / "report.html"
 
     def _input_format(self, adapter: str | None = None):
@@ -351,14 +363,27 @@ class Pipeline:
     def stage_tracking(self) -> None:
         import torch
 
-        from hedonic_neurons.tracking.run import track_partitions, write_tracking
+        from hedonic_neurons.tracking.run import TrackSettings, flow_spec, layer_pairs, track_and_write
         from hedonic_neurons.tracking.transitions import transition_table
 
         cfg = self.cfg
-        adjacent = [layer for layer in cfg.layers if layer + 1 in cfg.layers]
+        tc = cfg.tracking
+        # the same settings object `hedonic track` builds from its options: same rule, same files
+        settings = TrackSettings(
+            rule=tc.rule,
+            tau=tc.tau,
+            min_size=tc.min_size,
+            null_draws=tc.null_draws,
+            null_level=tc.null_level,
+            horizon=tc.horizon,
+            flow_pairs=tc.flow_pairs,
+            seed=cfg.seed,
+        )
         self.transitions: dict[str, list[dict]] = {}
-        if not adjacent:
-            self.notes.append("No two adjacent layers were analysed, so nothing was tracked.")
+        if not layer_pairs(cfg.layers, tc.horizon):
+            self.notes.append(
+                f"No two analysed layers are within {tc.horizon} of each other, so nothing was tracked."
+            )
             return
         seed = cfg.evaluate.seeds[0]
         mean_abs = {
@@ -366,22 +391,33 @@ class Pipeline:
             layer: torch.from_numpy(np.abs(self.acts("train", layer)).mean(0))
             for layer in cfg.layers
         }
+        flow = None
         for method in self.methods:
             folder = self.out / "tracking" / method
             stage = Stage(folder, self._model_key("phi", "game", "baselines", "evaluate", "tracking"))
             if not stage.done():
                 _log(f"tracking {method}")
+                if flow is None:
+                    flow = flow_spec(self.nm, self.train, settings, cfg.phi.batch_size)
                 parts = {layer: self.coalitions(method, seed, layer) for layer in cfg.layers}
-                results = track_partitions(
-                    self.nm.model, parts, mean_abs, tau=cfg.tracking.tau, min_size=cfg.tracking.min_size
+                results, _ = track_and_write(
+                    self.nm.model,
+                    parts,
+                    mean_abs,
+                    settings,
+                    folder,
+                    method=method,
+                    meta={"seed": seed},
+                    flow=flow,
+                    bundle_dir=self.out / "tracking",
                 )
-                write_tracking(results, folder, method=method, meta={"seed": seed})
                 rows = [
                     {
                         "source_layer": r.source_layer,
                         "target_layer": r.target_layer,
                         "percent": dict(r.percentages),
                         **row,
+                        "link_list": r.to_dict()["links"],
                     }
                     for r, row in zip(results, transition_table(results, method=method))
                 ]
@@ -571,9 +607,28 @@ def _first_sankey(out: Path, methods: Sequence[str]) -> str | None:
     return None
 
 
-def run(cfg: RunConfig, out: str | Path, *, progress: bool = True, stop_after: str | None = None) -> Path:
-    """Run (or resume) the whole pipeline; returns the path of ``report.html``."""
-    return Pipeline(cfg, out, progress=progress).run(stop_after=stop_after)
+def run(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    stop_after: str | None = None,
+    source: str = "config",
+) -> Path:
+    """Run (or resume) the whole pipeline; returns the path of ``report.html`` (the output folder
+    when ``stop_after`` names an earlier stage).
+
+    Checks first (:func:`hedonic_neurons.validation.check_run`; ``source`` names the config in its
+    messages), then holds the lock of ``out`` for the whole run: a second run on the same folder
+    is refused with one line naming this one. A failure before any stage finished removes what
+    the run created.
+    """
+    from hedonic_neurons.locking import locked_output
+    from hedonic_neurons.validation import check_run
+
+    cfg = check_run(cfg, out, stop_after, source=source)
+    with locked_output(out, command=f"hedonic run ({source})" if source != "config" else None):
+        return Pipeline(cfg, out, progress=progress).run(stop_after=stop_after)
 
 
 #: ``hedonic demo``: MiniLM on the built-in demo corpus, sized to finish in minutes on 2 CPU cores.
@@ -602,16 +657,24 @@ def register(app: Any) -> None:
         config: Path = typer.Argument(..., help="YAML config (see configs/ for examples)."),
         out: Path = typer.Option(None, "--out", help="Output folder (default: runs/<config name>)."),
         stop_after: str = typer.Option(
-            None, "--stop-after", help="Stop after this stage (phi, activations, ...)."
+            None, "--stop-after", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
         """Run every stage (fine-tune, φ, partitions, tracking, evaluation, report); resumes a killed run."""
         from hedonic_neurons.config import load_config
+        from hedonic_neurons.validation import check_stage
 
+        check_stage(stop_after)
         cfg = load_config(config)
-        report = run(cfg, out or Path("runs") / Path(config).stem, progress=not quiet, stop_after=stop_after)
-        typer.echo(f"report: {report}")
+        folder = out or Path("runs") / Path(config).stem
+        result = run(cfg, folder, progress=not quiet, stop_after=stop_after, source=str(config))
+        if stop_after is not None and stop_after != "report":
+            typer.echo(
+                f"stopped after {stop_after}; outputs in {result} (rerun without --stop-after to go on)"
+            )
+        else:
+            typer.echo(f"report: {result}")
 
     @app.command("demo")
     def demo_cmd(
@@ -647,7 +710,9 @@ def partition_layer(
     projection rows (k-means) and ``profiles()`` the neurons × train-pairs activation profiles
     (hierarchical), each computed only if that baseline runs. ``game`` is the config's
     ``game`` section. Exact Top Covering has no randomness, so it is solved once and written
-    for every seed; hierarchical clustering likewise; the φ-communities graph is built once.
+    for every seed; hierarchical clustering likewise; the φ-communities graph (each neuron's
+    strongest positive partners, :func:`~hedonic_neurons.baselines.positive_partner_graph`) is
+    built once and clustered once per seed.
     Baselines are size-matched to (random) or compared with the PAS partition when PAS is among
     ``metrics``, else with the first metric's. ``timings`` (optional) collects seconds per step.
     """
@@ -695,6 +760,8 @@ def partition_layer(
                         delta=game.delta,
                         n_samples=game.n_samples,
                         random_state=seed,
+                        sampling=game.sampling,
+                        phi_power=game.phi_power,
                     ).fit(matrix)
                 extra = {"n_rounds": est.n_rounds_, "n_samples_drawn": est.n_samples_}
             else:
@@ -723,6 +790,8 @@ def partition_layer(
                     est = fitted[method]
                     params = {"n_clusters": n_clusters, "features": "mean activation per train pair"}
                 else:
-                    est = PhiCommunities(random_state=seed).fit(phi_of(reference))
+                    if "phi graph" not in fitted:  # the sparse partner graph, once per layer
+                        fitted["phi graph"] = PhiCommunities().graph(phi_of(reference))
+                    est = PhiCommunities(random_state=seed).fit(fitted["phi graph"])
                     params = {"phi": reference}
             save(method, seed, est, {**params, "seed": seed})

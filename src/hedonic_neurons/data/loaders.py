@@ -1,9 +1,11 @@
 """Loaders for the standard IR files (MS MARCO / TREC formats).
 
-Every loader reads UTF-8 text, transparently gunzips files whose name ends in ``.gz``, and raises
-:class:`~hedonic_neurons.errors.DataError` with ``file:line: what was expected`` on the first
-malformed row, and a clear error for a missing or empty file. Ids are kept as strings (MS MARCO
-ids are strings of digits). Formats:
+Every loader reads UTF-8 text (a byte-order mark at the start is dropped), transparently gunzips
+files whose name ends in ``.gz``, and raises :class:`~hedonic_neurons.errors.DataError` with
+``file:line: what was expected`` on the first malformed row, and a clear error for a missing or
+empty file. A header row (column names such as ``qid \t pid \t query \t passage`` on the first
+line) is recognised and skipped with a note (:class:`~hedonic_neurons.errors.HedonicNote`), never
+read as data. Ids are kept as strings (MS MARCO ids are strings of digits). Formats:
 
 - queries / passages: ``id \\t text``
 - qrels: ``qid <iter> pid grade`` separated by spaces or tabs (TREC four-column, and the MS MARCO
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterable, Iterator
+import re
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from hedonic_neurons.errors import DataError
+from hedonic_neurons.errors import DataError, HedonicNote
 
 PathLike = str | os.PathLike
 
@@ -53,7 +57,7 @@ def _lines(path: PathLike, what: str) -> Iterator[tuple[int, str]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     seen = False
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
             for lineno, line in enumerate(fh, start=1):
                 line = line.rstrip("\r\n")
                 if not line.strip():
@@ -76,6 +80,114 @@ def _fields(path: PathLike, lineno: int, line: str, n: int, expected: str, *, ta
     return [p.strip() for p in parts]
 
 
+# Column names a header row uses (lower case, without punctuation).
+_ID_NAMES = frozenset(
+    [
+        "qid",
+        "queryid",
+        "topic",
+        "topicid",
+        "qno",
+        "pid",
+        "docid",
+        "did",
+        "passageid",
+        "docno",
+        "id",
+        "corpusid",
+        "documentid",
+    ]
+)
+_TEXT_NAMES = frozenset(
+    [
+        "query",
+        "text",
+        "passage",
+        "document",
+        "doc",
+        "body",
+        "title",
+        "question",
+        "querytext",
+        "passagetext",
+        "doctext",
+        "positive",
+        "negative",
+        "pos",
+        "neg",
+        "positivepassage",
+        "negativepassage",
+    ]
+)
+_VALUE_NAMES = frozenset(
+    [
+        "grade",
+        "relevance",
+        "rel",
+        "label",
+        "score",
+        "judgment",
+        "judgement",
+        "iter",
+        "iteration",
+        "q0",
+        "rank",
+        "name",
+        "run",
+        "tag",
+        "runname",
+    ]
+)
+
+
+def _name(field: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", field.lower())
+
+
+def _header_rerank(f: list[str]) -> bool:
+    return _name(f[0]) in _ID_NAMES and _name(f[1]) in _ID_NAMES
+
+
+def _header_id_text(f: list[str]) -> bool:
+    return _name(f[0]) in _ID_NAMES and _name(f[1]) in _TEXT_NAMES
+
+
+def _header_qrels(f: list[str]) -> bool:
+    return not f[3].lstrip("+-").isdigit() and _name(f[0]) in _ID_NAMES and _name(f[3]) in _VALUE_NAMES
+
+
+def _header_run(f: list[str]) -> bool:
+    return _name(f[0]) in _ID_NAMES and _name(f[3]) in _VALUE_NAMES and _name(f[4]) in _VALUE_NAMES
+
+
+def _header_triples(f: list[str]) -> bool:
+    return all(_name(x) in _TEXT_NAMES for x in f)
+
+
+def _rows(
+    path: PathLike, what: str, n: int, expected: str, *, tabs: bool, header: Callable[[list[str]], bool]
+) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every data row. A header row on the first line is skipped, with a
+    note once the file has been read (a file that fails has one error line; a file of only a
+    header row is an error)."""
+    first, skipped, rows = True, None, 0
+    for lineno, line in _lines(path, what):
+        parts = line.split("\t") if tabs else line.split()
+        if first and len(parts) == n and header([p.strip() for p in parts]):
+            first, skipped = (
+                False,
+                f"{path}:{lineno}: skipped a header row {line[:80]!r} (column names, not data)",
+            )
+            continue
+        first = False
+        rows += 1
+        yield lineno, _fields(path, lineno, line, n, expected, tabs=tabs)
+    if skipped is not None:
+        if not rows:
+            raise DataError(f"{path}: only a header row, no data; expected {what}")
+        warnings.warn(skipped, HedonicNote, stacklevel=3)
+
+
 def _int(path: PathLike, lineno: int, value: str, name: str) -> int:
     try:
         return int(value)
@@ -86,8 +198,9 @@ def _int(path: PathLike, lineno: int, value: str, name: str) -> int:
 def _read_id_text(path: PathLike, kind: str) -> dict[str, str]:
     expected = f"2 tab-separated fields '{kind}id \\t text'"
     out: dict[str, str] = {}
-    for lineno, line in _lines(path, f"a {kind} TSV ({expected})"):
-        key, text = _fields(path, lineno, line, 2, expected, tabs=True)
+    for lineno, (key, text) in _rows(
+        path, f"a {kind} TSV ({expected})", 2, expected, tabs=True, header=_header_id_text
+    ):
         if key in out:
             raise DataError(f"{path}:{lineno}: {kind}id {key!r} appears twice; expected unique ids")
         out[key] = text
@@ -115,8 +228,9 @@ def read_qrels(
     """
     expected = "4 fields 'qid iter pid grade' (space- or tab-separated)"
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, line in _lines(path, f"a qrels file ({expected})"):
-        qid, _, pid, grade = _fields(path, lineno, line, 4, expected, tabs=False)
+    for lineno, (qid, _, pid, grade) in _rows(
+        path, f"a qrels file ({expected})", 4, expected, tabs=False, header=_header_qrels
+    ):
         judged = qrels.setdefault(qid, {})
         if pid in judged:
             raise DataError(f"{path}:{lineno}: ({qid}, {pid}) is judged twice; expected one grade per pair")
@@ -154,8 +268,9 @@ def read_rerank_input(path: PathLike) -> list[Pair]:
     expected = "4 tab-separated fields 'qid \\t pid \\t query \\t passage'"
     pairs: list[Pair] = []
     seen: set[tuple[str, str]] = set()
-    for lineno, line in _lines(path, f"a rerank input TSV ({expected})"):
-        qid, pid, query, passage = _fields(path, lineno, line, 4, expected, tabs=True)
+    for lineno, (qid, pid, query, passage) in _rows(
+        path, f"a rerank input TSV ({expected})", 4, expected, tabs=True, header=_header_rerank
+    ):
         if (qid, pid) in seen:
             raise DataError(f"{path}:{lineno}: pair ({qid}, {pid}) appears twice; expected unique pairs")
         seen.add((qid, pid))
@@ -167,8 +282,9 @@ def read_run(path: PathLike) -> dict[str, dict[str, float]]:
     """TREC run file (``qid Q0 pid rank score name``) -> {qid: {pid: score}} (pytrec_eval's run format)."""
     expected = "6 fields 'qid Q0 pid rank score name' (space- or tab-separated)"
     run: dict[str, dict[str, float]] = {}
-    for lineno, line in _lines(path, f"a TREC run file ({expected})"):
-        qid, _, pid, rank, score, _name = _fields(path, lineno, line, 6, expected, tabs=False)
+    for lineno, (qid, _, pid, rank, score, _tag) in _rows(
+        path, f"a TREC run file ({expected})", 6, expected, tabs=False, header=_header_run
+    ):
         _int(path, lineno, rank, "rank")
         try:
             value = float(score)
@@ -185,8 +301,10 @@ def read_triples(path: PathLike) -> list[Triple]:
     """MS MARCO triples (``query \\t positive \\t negative``) -> list of :class:`Triple`."""
     expected = "3 tab-separated fields 'query \\t positive \\t negative'"
     return [
-        Triple(*_fields(path, lineno, line, 3, expected, tabs=True))
-        for lineno, line in _lines(path, f"a triples TSV ({expected})")
+        Triple(*fields)
+        for _, fields in _rows(
+            path, f"a triples TSV ({expected})", 3, expected, tabs=True, header=_header_triples
+        )
     ]
 
 

@@ -12,7 +12,23 @@ from typing import Any
 
 import typer
 
+from hedonic_neurons.locking import locks_output
 
+
+def check_solve(phi_path: Path, out: Path, *, k: int, certify_samples: int) -> int:
+    """What ``hedonic solve`` can check before solving: the output path, the phi file's header
+    (a float n x n tensor ``phi``), 1 <= k < n and the certificate budget. Returns n."""
+    from hedonic_neurons import validation
+    from hedonic_neurons.game.solvers import check_count
+
+    validation.check_output_file(out, "--out")
+    n = validation.check_phi_file(phi_path, "PHI")
+    validation.check_k(k, n, "--k")
+    check_count("certify_samples", certify_samples)
+    return n
+
+
+@locks_output("out", kind="file")
 def solve_phi(
     phi_path: Path,
     out: Path,
@@ -26,25 +42,34 @@ def solve_phi(
     certify_samples: int = 100_000,
     min_size: int = 2,
     max_size: int = 10,
+    sampling: str = "uniform",
+    phi_power: float = 4.0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Solve the game on a phi file, certify the partition, write ``out``; returns a summary."""
+    """Solve the game on a phi file, certify the partition, write ``out``; returns a summary.
+
+    Everything that can be checked before solving is (:func:`check_solve`), and ``out`` is locked
+    while solving (a second solve writing the same file is refused)."""
     import numpy as np
 
     from hedonic_neurons.artifacts import load_phi, read_json, save_partition, size_summary
     from hedonic_neurons.game import PACTopCover, TopCover, certify, prepare_partition
-    from hedonic_neurons.game.solvers import check_count
 
-    check_count("certify_samples", certify_samples)  # fail before the solve, not after
+    check_solve(phi_path, out, k=k, certify_samples=certify_samples)  # fail before the solve, not after
     phi = load_phi(phi_path)
     sidecar_path = Path(phi_path).with_suffix(".json")
     sidecar = read_json(sidecar_path) if sidecar_path.is_file() else None
+    if sidecar is not None and not isinstance(sidecar, dict):
+        from hedonic_neurons.errors import DataError
+
+        raise DataError(f"{sidecar_path}: not a phi sidecar (expected a JSON object); delete or fix it")
     if exact:
         est: Any = TopCover(k, progress=progress)
     else:
         est = PACTopCover(
-            k, epsilon, delta, n_samples, min_size, max_size, random_state=seed, progress=progress
-        )
+            k, epsilon, delta, n_samples, min_size, max_size, random_state=seed,
+            sampling=sampling, phi_power=phi_power, progress=progress,
+        )  # fmt: skip
     t0 = time.perf_counter()
     est.fit(phi)
     seconds = time.perf_counter() - t0
@@ -71,6 +96,8 @@ def solve_phi(
         "n_samples": n_samples,
         "min_size": min_size,
         "max_size": max_size,
+        "sampling": None if exact else sampling,
+        "phi_power": phi_power if not exact and sampling == "phi" else None,
         "seed": seed,
         "certify_samples": certify_samples,
         "phi": str(phi_path),
@@ -126,8 +153,17 @@ def register(app: typer.Typer) -> None:
         ),
         min_size: int = typer.Option(2, "--min-size", help="smallest sampled coalition"),
         max_size: int = typer.Option(10, "--max-size", help="largest sampled coalition"),
+        sampling: str = typer.Option(
+            "uniform",
+            "--sampling",
+            help="PAC samples: 'uniform' (D of the method) or 'phi' (grown along positive phi)",
+        ),
+        phi_power: float = typer.Option(
+            4.0, "--phi-power", help="with --sampling phi: partners drawn in proportion to phi^power"
+        ),
     ) -> None:
         """Partition a layer's neurons into coalitions (PAC or exact Top Covering) and certify it."""
+        check_solve(phi, out, k=k, certify_samples=certify_samples)
         res = solve_phi(
             phi,
             out,
@@ -140,6 +176,8 @@ def register(app: typer.Typer) -> None:
             certify_samples=certify_samples,
             min_size=min_size,
             max_size=max_size,
+            sampling=sampling,
+            phi_power=phi_power,
         )
         s = res["sizes"]
         typer.echo(

@@ -34,6 +34,7 @@ _EXPORTS = {
     ),
     "hedonic_neurons.models.inputs": ("InputFormat",),
     "hedonic_neurons.models.loading": ("BUILTINS", "HEAD_SEED", "NeuronModel", "load_model"),
+    "hedonic_neurons.models.plant": ("PlantResult", "PlantSpec", "load_ground_truth", "pair_deltas", "plant"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

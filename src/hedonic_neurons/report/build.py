@@ -6,7 +6,10 @@ Input is the results document assembled by the pipeline (see :func:`hedonic_neur
   whose metric values are :class:`~hedonic_neurons.evaluate.stats.Estimate` dicts;
 - ``table_ridge``: rows ``{"method", "<task>": Estimate}``;
 - ``sizes``: ``{method: {layer: size_summary}}``;
-- ``transitions``: ``{method: [{"source_layer", "target_layer", "percent": {label: %}}]}``;
+- ``transitions``: ``{method: [{"source_layer", "target_layer", "percent": {label: %}, ...}]}``;
+  rows of the null rule also carry ``tau_alpha``, ``tau_beta``, ``links``, ``median_pct_alpha``,
+  ``median_pct_beta``, ``flow_spearman`` and ``link_list`` (the significant links, from which the
+  per-coalition lineage view is built);
 - ``sankey``: optional file name of the Sankey HTML next to the report.
 
 Matplotlib is imported lazily (it is only needed here) with the non-interactive Agg backend.
@@ -31,7 +34,17 @@ METRIC_TITLES = {
     "ridge_r2": "ridge OOD R² ↑",
 }
 NOT_PLOTTED = {"k"}  # counts, shown in the tables only
-LABELS = ("persistence", "split", "merge", "vanishing", "emergence")
+LABELS = ("persistence", "split", "merge", "vanishing", "emergence", "unstructured")
+SOURCE_LABELS = ("persistence", "split", "merge", "vanishing", "unstructured")  # sum to 100 per row
+#: extra columns of the transition table (null rule), with their titles
+TRANSITION_EXTRA = {
+    "tau_alpha": "τα",
+    "tau_beta": "τβ",
+    "links": "links",
+    "median_pct_alpha": "median pct α·K'",
+    "median_pct_beta": "median pct β·K",
+    "flow_spearman": "flow–mass ρ",
+}
 
 
 def _fmt(est: Any, digits: int = 3) -> str:
@@ -141,7 +154,7 @@ def plot_transitions(transitions: dict[str, list[dict]], path: Path) -> Path:
         rows = transitions[method]
         names = [f"{r['source_layer']}→{r['target_layer']}" for r in rows]
         bottom = [0.0] * len(rows)
-        for li, label in enumerate(LABELS[:4]):
+        for li, label in enumerate(SOURCE_LABELS):
             vals = [float(r["percent"].get(label, 0.0)) for r in rows]
             ax.bar(names, vals, bottom=bottom, label=label, color=f"C{li}")
             bottom = [b + v for b, v in zip(bottom, vals)]
@@ -155,13 +168,105 @@ def plot_transitions(transitions: dict[str, list[dict]], path: Path) -> Path:
     return path
 
 
+def _num(value: Any, spec: str = ".2f") -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+def _transition_cells(transitions: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Header and body of the transition table (label % per row; thresholds etc. where present)."""
+    rows = [(m, r) for m, rs in transitions.items() for r in rs]
+    extra = [k for k in TRANSITION_EXTRA if any(r.get(k) is not None for _, r in rows)]
+    head = ["method", "layers", *(f"{lbl} %" for lbl in LABELS), *(TRANSITION_EXTRA[k] for k in extra)]
+    body = []
+    for method, r in rows:
+        cells = [method, f"{r['source_layer']}→{r['target_layer']}"]
+        cells += [_num(r["percent"].get(lbl, 0.0), ".1f") for lbl in LABELS]
+        cells += [_num(r.get(k), ".0f" if k.startswith("median") or k == "links" else ".2f") for k in extra]
+        body.append(cells)
+    return head, body
+
+
 def _transition_md(transitions: dict[str, list[dict]]) -> str:
-    lines = ["| method | layers | " + " | ".join(LABELS) + " |", "|---|---|" + "---|" * len(LABELS)]
-    for method, rows in transitions.items():
-        for r in rows:
-            pct = " | ".join(f"{float(r['percent'].get(lbl, 0.0)):.1f}" for lbl in LABELS)
-            lines.append(f"| {method} | {r['source_layer']}→{r['target_layer']} | {pct} |")
+    head, body = _transition_cells(transitions)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def _transition_html(transitions: dict[str, list[dict]]) -> str:
+    head, body = _transition_cells(transitions)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    tr = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table>"
+
+
+def lineage_view(transitions: dict[str, list[dict]]) -> dict[str, dict[tuple[int, int], dict[str, list]]]:
+    """Per method, per coalition (layer, index): the significant links it comes from and goes to,
+    gathered from the rows' ``link_list`` over every layer pair (adjacent and longer horizons)."""
+    view: dict[str, dict[tuple[int, int], dict[str, list]]] = {}
+    for method, rows in transitions.items():
+        nodes: dict[tuple[int, int], dict[str, list]] = {}
+        for r in rows:
+            lo, hi = r["source_layer"], r["target_layer"]
+            for link in r.get("link_list") or []:
+                src = nodes.setdefault(
+                    (lo, link["source_coalition"]), {"size": link["source_size"], "from": [], "to": []}
+                )
+                tgt = nodes.setdefault(
+                    (hi, link["target_coalition"]), {"size": link["target_size"], "from": [], "to": []}
+                )
+                src["to"].append((hi, link["target_coalition"], link))
+                tgt["from"].append((lo, link["source_coalition"], link))
+        if nodes:
+            view[method] = dict(sorted(nodes.items()))
+    return view
+
+
+def _link_text(layer: int, coalition: int, link: dict[str, Any]) -> str:
+    return (
+        f"L{layer} C{coalition} ({link['label']}; α·K' {_num(link.get('lift_alpha'))} "
+        f"p{_num(link.get('pct_alpha'), '.0f')}, β·K {_num(link.get('lift_beta'))} p{_num(link.get('pct_beta'), '.0f')})"
+    )
+
+
+def _lineage_md(view: dict[str, dict]) -> list[str]:
+    lines: list[str] = []
+    for method, nodes in view.items():
+        lines += ["", f"### {method}", "", "| coalition | size | comes from | goes to |", "|---|---|---|---|"]
+        for (layer, c), e in nodes.items():
+            came = "; ".join(_link_text(*x) for x in e["from"]) or "–"
+            goes = "; ".join(_link_text(*x) for x in e["to"]) or "–"
+            lines.append(f"| L{layer} C{c} | {e['size']} | {came} | {goes} |")
+    return lines
+
+
+def _lineage_html(view: dict[str, dict]) -> str:
+    parts = []
+    for method, nodes in view.items():
+        body = "".join(
+            f"<tr><td>L{layer} C{c}</td><td>{e['size']}</td>"
+            f"<td>{html.escape('; '.join(_link_text(*x) for x in e['from']) or '–')}</td>"
+            f"<td>{html.escape('; '.join(_link_text(*x) for x in e['to']) or '–')}</td></tr>"
+            for (layer, c), e in nodes.items()
+        )
+        parts.append(
+            f"<details><summary>{html.escape(method)}: {len(nodes)} coalitions with a link above the null</summary>"
+            '<table class="lineage"><thead><tr><th>coalition</th><th>size</th><th>comes from</th>'
+            f"<th>goes to</th></tr></thead><tbody>{body}</tbody></table></details>"
+        )
+    return "".join(parts)
+
+
+_TRANSITION_NOTE = (
+    "Persistence, split, merge, vanishing and unstructured are % of the tracked source coalitions, "
+    "emergence % of the tracked targets. Rule 'null': a link counts when both lifts (α·K', β·K) reach "
+    "the thresholds τα, τβ that a size-preserving random-partition null sets for the layer pair "
+    "(about 95% of a random partition's coalitions come out unstructured); 'median pct' is the "
+    "matched pairs' median percentile among the null's best lifts; flow–mass ρ is the Spearman "
+    "agreement of the interventional flow with the interaction mass."
+)
 
 
 def _sizes_md(sizes: dict[str, dict[str, Any]]) -> str:
@@ -216,12 +321,18 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
             "",
         ]
     md += ["## Coalition sizes", "", _sizes_md(results.get("sizes", {})), ""]
+    transitions = results.get("transitions", {})
+    lineage = lineage_view(transitions)
     md += [
-        "## Transitions between adjacent layers (% of source coalitions)",
+        "## Transitions between layers",
         "",
-        _transition_md(results.get("transitions", {})),
+        _TRANSITION_NOTE,
+        "",
+        _transition_md(transitions),
         "",
     ]
+    if lineage:
+        md += ["## Coalition lineage (links above the null)", *_lineage_md(lineage), ""]
     md += [
         "## Figures",
         "",
@@ -257,8 +368,12 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         "<h2>Coalition sizes</h2>",
         img(paths["fig_sizes"]),
         "<h2>Transitions</h2>",
+        f"<p>{html.escape(_TRANSITION_NOTE)}</p>",
+        _transition_html(transitions),
         img(paths["fig_transitions"]),
     ]
+    if lineage:
+        sections += ["<h2>Coalition lineage</h2>", _lineage_html(lineage)]
     if results.get("sankey"):
         src = html.escape(results["sankey"])
         sections += [

@@ -1,17 +1,28 @@
-"""Interactive Sankey of coalition transitions across layers (plotly, one offline HTML file).
+"""Interactive Sankey of coalition transitions across layers (plotly), with a legend.
 
-Nodes are the tracked coalitions of every layer (label: layer, coalition index in that layer's
-partition, size). Links are the matched pairs of each adjacent-layer transition, coloured by
-their label; an unmatched source flows into a per-transition "vanished" node and an unmatched
-target comes from an "emerged" node, so every coalition is drawn. Link width is the source
-coalition's size (neurons; for emergence the target's). Hovering a link shows the label, both
-sizes, alpha, beta and the interaction mass; hovering a node shows its size and labels.
+Only flows that pass the rule are drawn. Under the null rule (the default) these are the
+significant links of each adjacent-layer pair: both lifts (α·K', β·K) at or above the pair's
+thresholds τ_α, τ_β from the random-partition null (``tracking.null``); unstructured,
+vanishing and emerging coalitions have no link, so they are not drawn (the lineage view and the
+tables list them). Under the absolute rules (``matching``, ``code``) the matched pairs that are
+not labelled vanishing are drawn. Longer horizons (l -> l+2 ...) are in the tables and the
+lineage, not in the Sankey.
 
-The HTML embeds plotly.js (``include_plotlyjs=True``): it opens offline, with no CDN.
+Nodes are the coalitions taking part in a drawn link (label: layer, coalition index in its
+layer's partition, size); link width is the source coalition's size (neurons), colour its label.
+Hovering a link shows the label, both sizes, α, β, the lifts with their percentiles in the null,
+the thresholds, the mass and the interventional flow; hovering a node shows the coalition's
+labels. The legend (one entry per label, with the number of links) sits beside the plot and a
+note under it states the rule and each pair's thresholds.
+
+plotly.js is not embedded in every page: :func:`write_sankey` writes ``plotly.min.js`` once into
+a bundle folder and every Sankey refers to it by a relative path (still offline, no CDN), so a
+page stays far below 1 MB. ``embed=True`` gives a single self-contained file instead.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,14 +30,23 @@ from typing import Any
 
 from hedonic_neurons.artifacts import atomic_write_text
 
-__all__ = ["LABEL_COLOURS", "sankey_figure", "write_sankey"]
+__all__ = [
+    "BUNDLE_NAME",
+    "LABEL_COLOURS",
+    "drawn_links",
+    "sankey_figure",
+    "write_plotly_bundle",
+    "write_sankey",
+]
 
+BUNDLE_NAME = "plotly.min.js"
 LABEL_COLOURS = {
     "persistence": "rgba(44, 160, 44, 0.6)",
     "split": "rgba(255, 127, 14, 0.6)",
     "merge": "rgba(148, 103, 189, 0.6)",
     "vanishing": "rgba(127, 127, 127, 0.5)",
     "emergence": "rgba(31, 119, 180, 0.6)",
+    "unstructured": "rgba(200, 200, 200, 0.4)",
 }
 
 
@@ -34,27 +54,43 @@ def _as_dict(result: Any) -> dict[str, Any]:
     return result.to_dict() if hasattr(result, "to_dict") else dict(result)
 
 
-class _Nodes:
-    """Node registry: one node per (layer, coalition) key, plus pseudo nodes."""
+def _tau(value: Any) -> float:
+    """A threshold from a result document (JSON writes an infinite one as null)."""
+    return math.inf if value is None else float(value)
 
-    def __init__(self) -> None:
-        self.index: dict[tuple, int] = {}
-        self.labels: list[str] = []
-        self.hover: list[list[str]] = []
 
-    def get(self, key: tuple, label: str) -> int:
-        if key not in self.index:
-            self.index[key] = len(self.labels)
-            self.labels.append(label)
-            self.hover.append([])
-        return self.index[key]
+def drawn_links(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The links of one transition document that the Sankey draws (see the module docstring)."""
+    if doc.get("rule", "null") == "null":
+        null = doc.get("null") or {}
+        tau_a, tau_b = _tau(null.get("tau_alpha")), _tau(null.get("tau_beta"))
+        return [
+            link
+            for link in doc.get("links", [])
+            if link["lift_alpha"] >= tau_a and link["lift_beta"] >= tau_b
+        ]
+    return [m for m in doc["matches"] if m["label"] != "vanishing"]
 
-    def coalition(self, layer: Any, coalition: int, size: int) -> int:
-        return self.get(("c", layer, coalition), f"L{layer} C{coalition} ({size})")
+
+def _adjacent(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents of adjacent layer pairs (all of them if none is adjacent)."""
+    adjacent = [
+        d
+        for d in docs
+        if d.get("source_layer") is None
+        or d.get("target_layer") is None
+        or d["target_layer"] - d["source_layer"] == 1
+    ]
+    return adjacent or docs
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def sankey_figure(results: Sequence[Any], *, title: str | None = None):
-    """A ``plotly.graph_objects.Figure`` with one Sankey over all transitions in ``results``.
+    """A ``plotly.graph_objects.Figure``: one Sankey over the adjacent-layer transitions in
+    ``results`` plus legend entries (invisible scatter traces).
 
     ``results``: :class:`~hedonic_neurons.tracking.TransitionResult` objects or their
     ``to_dict()`` documents (as written by ``hedonic track``), in any order.
@@ -64,92 +100,158 @@ def sankey_figure(results: Sequence[Any], *, title: str | None = None):
     docs = sorted(
         (_as_dict(r) for r in results), key=lambda d: (d.get("source_layer") is None, d.get("source_layer"))
     )
-    nodes = _Nodes()
-    src, tgt, val, colour, hover = [], [], [], [], []
+    docs = _adjacent(docs)
+    index: dict[tuple, int] = {}
+    labels: list[str] = []
+    hover: list[list[str]] = []
 
-    def link(a: int, b: int, value: float, label: str, text: str) -> None:
-        src.append(a)
-        tgt.append(b)
-        val.append(max(float(value), 1e-9))
-        colour.append(LABEL_COLOURS[label])
-        hover.append(text)
+    def node(layer: Any, coalition: int, size: int) -> int:
+        key = (layer, coalition)
+        if key not in index:
+            index[key] = len(labels)
+            labels.append(f"L{layer} C{coalition} ({size})")
+            hover.append([])
+        return index[key]
 
+    src, tgt, val, colour, custom = [], [], [], [], []
+    counts: dict[str, int] = {}
+    notes = []
     for d in docs:
         lo, hi = d.get("source_layer"), d.get("target_layer")
-        s_nodes = [
-            nodes.coalition(lo, c, s) for c, s in zip(d["source_index"], d["source_sizes"], strict=True)
-        ]
-        t_nodes = [
-            nodes.coalition(hi, c, s) for c, s in zip(d["target_index"], d["target_sizes"], strict=True)
-        ]
-        matched_src, matched_tgt = set(), set()
-        for m in d["matches"]:
-            i, j, label = m["source"], m["target"], m["label"]
-            matched_src.add(i)
-            matched_tgt.add(j)
-            link(
-                s_nodes[i],
-                t_nodes[j],
-                m["source_size"],
-                label,
-                f"{label}: L{lo} C{m['source_coalition']} ({m['source_size']}) → L{hi} C{m['target_coalition']} "
-                f"({m['target_size']})<br>α = {m['alpha']:.3f}, β = {m['beta']:.3f}, M = {m['mass']:.4g}",
+        null = d.get("null") or {}
+        tau_a, tau_b = _tau(null.get("tau_alpha")), _tau(null.get("tau_beta"))
+        if d.get("rule", "null") == "null":
+            notes.append(f"L{lo}→L{hi}: τα {tau_a:.2f}, τβ {tau_b:.2f}")
+        for link in drawn_links(d):
+            a = node(lo, link["source_coalition"], link["source_size"])
+            b = node(hi, link["target_coalition"], link["target_size"])
+            label = link["label"]
+            counts[label] = counts.get(label, 0) + 1
+            src.append(a)
+            tgt.append(b)
+            val.append(max(float(link["source_size"]), 1e-9))
+            colour.append(LABEL_COLOURS.get(label, LABEL_COLOURS["unstructured"]))
+            text = (
+                f"{label}: L{lo} C{link['source_coalition']} ({link['source_size']}) → L{hi} "
+                f"C{link['target_coalition']} ({link['target_size']})<br>α = {link['alpha']:.3f}, "
+                f"β = {link['beta']:.3f}, M = {link['mass']:.4g}"
             )
-            nodes.hover[s_nodes[i]].append(f"→ L{hi}: {label}")
-            nodes.hover[t_nodes[j]].append(f"L{lo} →: {label}")
-        for i, node in enumerate(s_nodes):
-            if i not in matched_src:
-                sink = nodes.get(("vanished", lo, hi), f"vanished after L{lo}")
-                link(
-                    node,
-                    sink,
-                    d["source_sizes"][i],
-                    "vanishing",
-                    f"vanishing: L{lo} C{d['source_index'][i]} unmatched",
+            if link.get("lift_alpha") is not None:
+                text += (
+                    f"<br>α·K' = {link['lift_alpha']:.2f} (p{_fmt(link.get('pct_alpha'), '.0f')}, τα {tau_a:.2f}), "
+                    f"β·K = {link['lift_beta']:.2f} (p{_fmt(link.get('pct_beta'), '.0f')}, τβ {tau_b:.2f})"
                 )
-                nodes.hover[node].append(f"→ L{hi}: vanishing (unmatched)")
-        for j, node in enumerate(t_nodes):
-            if j not in matched_tgt:
-                origin = nodes.get(("emerged", lo, hi), f"emerged in L{hi}")
-                link(
-                    origin,
-                    node,
-                    d["target_sizes"][j],
-                    "emergence",
-                    f"emergence: L{hi} C{d['target_index'][j]}",
-                )
-                nodes.hover[node].append(f"L{lo} →: emergence")
-    node_text = ["<br>".join(h) if h else "" for h in nodes.hover]
-    fig = go.Figure(
-        go.Sankey(
-            arrangement="snap",
-            node=dict(
-                label=nodes.labels,
-                customdata=node_text,
-                hovertemplate="%{label}<br>%{customdata}<extra></extra>",
-                pad=8,
-                thickness=14,
-            ),
-            link=dict(
-                source=src,
-                target=tgt,
-                value=val,
-                color=colour,
-                customdata=hover,
-                hovertemplate="%{customdata}<extra></extra>",
-            ),
+            if link.get("flow") is not None:
+                text += f"<br>interventional flow = {link['flow']:.4g}"
+            # customdata: hover text, then the numbers the rule was applied to
+            custom.append([text, link.get("lift_alpha"), link.get("lift_beta"), tau_a, tau_b])
+            hover[a].append(f"→ L{hi} C{link['target_coalition']}: {label}")
+            hover[b].append(f"L{lo} C{link['source_coalition']} →: {label}")
+    per_layer: dict[Any, int] = {}
+    for layer, _ in index:
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+    rule = docs[0].get("rule", "null") if docs else "null"
+    if rule == "null":
+        draws = (docs[0].get("null") or {}).get("draws") if docs else None
+        level = (docs[0].get("null") or {}).get("level") if docs else None
+        note = (
+            f"Drawn: links with α·K' ≥ τα and β·K ≥ τβ of their layer pair (random-partition null, "
+            f"{draws} draws, level {level}); " + "; ".join(notes)
         )
-    )
+    else:
+        note = f"Drawn: matched pairs not labelled vanishing (absolute rule '{rule}')"
+    fig = go.Figure()
+    if src:  # plotly.js fails on a Sankey without links: then only the note is shown
+        fig.add_trace(
+            go.Sankey(
+                arrangement="snap",
+                node=dict(
+                    label=labels,
+                    customdata=["<br>".join(h) for h in hover],
+                    hovertemplate="%{label}<br>%{customdata}<extra></extra>",
+                    pad=8,
+                    thickness=14,
+                ),
+                link=dict(
+                    source=src,
+                    target=tgt,
+                    value=val,
+                    color=colour,
+                    customdata=custom,
+                    hovertemplate="%{customdata[0]}<extra></extra>",
+                ),
+                domain=dict(x=[0, 0.84], y=[0.06, 1]),
+            )
+        )
+    for label, c in LABEL_COLOURS.items():  # legend: one entry per label that has a drawn link
+        if counts.get(label):
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    marker=dict(size=12, symbol="square", color=c),
+                    name=f"{label} ({counts[label]})",
+                    showlegend=True,
+                )
+            )
+    if not counts:
+        note = "No link passes the rule. " + note
     fig.update_layout(
-        title=title or "Coalition transitions across layers (link width: neurons)",
+        title=title or "Coalition transitions across layers (links above the null; width: neurons)",
         font=dict(size=10),
-        height=max(400, 22 * max((len(d["source_index"]) for d in docs), default=0) + 200),
+        height=max(400, 22 * max(per_layer.values(), default=0) + 260),
+        xaxis=dict(visible=False),
+        yaxis=dict(visible=False),
+        legend=dict(title=dict(text="label (links)"), x=0.86, y=1),
+        showlegend=True,
+        annotations=[
+            dict(
+                text=note,
+                showarrow=False,
+                xref="paper",
+                yref="paper",
+                x=0,
+                y=0,
+                xanchor="left",
+                yanchor="bottom",
+                align="left",
+                font=dict(size=9),
+            )
+        ],
     )
     return fig
 
 
-def write_sankey(results: Sequence[Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Write the Sankey of ``results`` as a self-contained HTML file (plotly.js embedded)."""
+def write_plotly_bundle(folder: str | os.PathLike) -> Path:
+    """``folder/plotly.min.js`` (the installed plotly's bundle), written only when missing or
+    different."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(folder) / BUNDLE_NAME
+    js = get_plotlyjs()
+    if not path.is_file() or path.stat().st_size != len(js.encode("utf-8")) or path.read_text("utf-8") != js:
+        atomic_write_text(path, js)
+    return path
+
+
+def write_sankey(
+    results: Sequence[Any],
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    bundle_dir: str | os.PathLike | None = None,
+    embed: bool = False,
+) -> Path:
+    """Write the Sankey of ``results`` as HTML. plotly.js comes from the shared bundle in
+    ``bundle_dir`` (default: the page's folder; written if needed, referenced relatively) or,
+    with ``embed=True``, is embedded in the page."""
+    path = Path(path)
     fig = sankey_figure(results, title=title)
-    html = fig.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    if embed:
+        include: Any = True
+    else:
+        bundle = write_plotly_bundle(path.parent if bundle_dir is None else bundle_dir)
+        include = Path(os.path.relpath(bundle.resolve(), path.parent.resolve())).as_posix()
+    html = fig.to_html(include_plotlyjs=include, full_html=True, config={"displaylogo": False})
     return atomic_write_text(path, html)

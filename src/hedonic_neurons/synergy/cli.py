@@ -65,11 +65,9 @@ def collect(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Collect φ of LAYERS over the data and write one phi file per layer (resumable; torchrun-able)."""
-    from hedonic_neurons.data import load_pairs
-    from hedonic_neurons.models import load_model
+    from hedonic_neurons import validation
+    from hedonic_neurons.locking import locked_output
     from hedonic_neurons.synergy.collect import CollectSettings
-    from hedonic_neurons.synergy.collect import collect as run_collect
-    from hedonic_neurons.synergy.distributed import process_group
 
     settings = CollectSettings(
         metric=metric,
@@ -85,12 +83,25 @@ def collect(
     ).check()
     if checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be a positive integer, got {checkpoint_every}")
-    pairs = load_pairs(data)
-    with process_group() as world:
+    # everything that can be checked without loading the model, before any work
+    validation.check_output_dir(out)
+    facts = validation.check_model_inputs(
+        model, adapter=adapter, reference=reference, dtype=dtype, device=device
+    )
+    chosen = validation.check_layers(parse_layers(layers, facts.n_layers or 0), facts, "--layers")
+    pairs = validation.read_pairs(data, "--data")
+    validation.check_sample_count(
+        settings.metric, settings.pooling, min(len(pairs), max_inputs or len(pairs)), "--max-inputs"
+    )
+    from hedonic_neurons.models import load_model  # torch: only once the checks have passed
+    from hedonic_neurons.synergy.collect import collect as run_collect
+    from hedonic_neurons.synergy.distributed import process_group
+
+    with locked_output(out), process_group() as world:
+        validation.check_phi_folder(out)
         nm = load_model(
             model, adapter=adapter, reference=reference, dtype=dtype, device=device or world.device
         )
-        chosen = parse_layers(layers, nm.n_layers)
         paths = run_collect(
             nm,
             pairs,

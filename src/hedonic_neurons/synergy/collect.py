@@ -33,6 +33,7 @@ import torch
 
 from hedonic_neurons.artifacts import atomic_write_bytes, read_json, save_phi, validate_phi
 from hedonic_neurons.errors import ConfigError, DataError, ModelError
+from hedonic_neurons.locking import locks_output
 from hedonic_neurons.models.adapters import MLPWeights
 from hedonic_neurons.synergy.distributed import World, barrier
 from hedonic_neurons.synergy.heads import NormAffineHead, NormTanhHead, structured_head
@@ -54,6 +55,7 @@ MODES = ("exact", "taylor", "grad-outer")
 READOUTS = ("local", "full")
 ABLATIONS = ("reference", "zero")
 POOLINGS = ("tokens", "mean", "last")
+ACCUMULATE = ("mixed", "fp64")
 PHI_FORMAT = "hedonic-neurons/phi/v1"
 #: Bound on one temporary (B, n, d) tensor of residual shifts; larger batches are split.
 MAX_SHIFT_ELEMENTS = 1 << 25
@@ -63,7 +65,13 @@ MAX_ABLATION_ROWS = 256
 
 @dataclass(frozen=True)
 class CollectSettings:
-    """Everything that determines φ (recorded in the sidecar; a resumed run must match it)."""
+    """Everything that determines φ (recorded in the sidecar; a resumed run must match it).
+
+    ``accumulate`` (OCA): precision of the per-batch aᵀa, ``"mixed"`` (float32 products added
+    into float64 sums) or ``"fp64"`` (see :mod:`hedonic_neurons.neurons.stats`). Like the device,
+    it changes φ by rounding only (≲1e-5 relative), so it is recorded in the sidecar but is not
+    part of the key: finished layers and checkpoints of either mode are reused.
+    """
 
     metric: str = "oca"
     mode: str = "exact"
@@ -75,6 +83,7 @@ class CollectSettings:
     max_inputs: int | None = None
     max_pairs: int | None = None
     seed: int = 0
+    accumulate: str = "mixed"
 
     def check(self) -> CollectSettings:
         """One-line :class:`ConfigError` for an invalid combination; returns self."""
@@ -85,6 +94,7 @@ class CollectSettings:
             ("ablation", ABLATIONS),
             ("pooling", POOLINGS),
             ("statistic", ("corr", "cov")),
+            ("accumulate", ACCUMULATE),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -188,13 +198,32 @@ def phi_summary(phi: np.ndarray, mask: np.ndarray | None = None) -> dict[str, An
 
 
 class OCACollector:
-    """Streaming Moments of every pending layer, from one forward pass per batch."""
+    """Streaming Moments of every pending layer, from one forward pass per batch.
+
+    ``settings.accumulate == "mixed"``: activations are recorded (and mean-pooled) in the model's
+    dtype, float32 for a half-precision model, and their products added into float64 sums;
+    ``"fp64"``: recorded in float64, as originally. The layers share one scratch workspace.
+    """
 
     def __init__(self, nm: Any, layers: Sequence[int], settings: CollectSettings) -> None:
         from hedonic_neurons.neurons import Moments
 
         self.nm, self.layers, self.settings = nm, list(layers), settings
-        self.moments = {layer: Moments(nm.n_neurons, device=nm.device) for layer in self.layers}
+        self.accumulate = settings.accumulate
+        model_dtype = getattr(nm, "dtype", torch.float32)
+        if self.accumulate == "fp64":
+            self.record_dtype = torch.float64
+        else:
+            self.record_dtype = (
+                model_dtype if model_dtype in (torch.float32, torch.float64) else torch.float32
+            )
+        self.workspace: dict[Any, torch.Tensor] = {}  # scratch shared by the layers' updates
+        self.moments = {
+            layer: Moments(
+                nm.n_neurons, device=nm.device, accumulate=self.accumulate, workspace=self.workspace
+            )
+            for layer in self.layers
+        }
         self.inputs = 0
         self.tokens = 0
         self._stack: Any = None
@@ -206,7 +235,13 @@ class OCACollector:
 
         self._stack = ExitStack()
         self.rec = self._stack.enter_context(
-            record(self.nm.model, self.layers, pooling=self.settings.pooling, stop_after=True)
+            record(
+                self.nm.model,
+                self.layers,
+                pooling=self.settings.pooling,
+                dtype=self.record_dtype,
+                stop_after=True,
+            )
         )
         self.rec.moments = self.moments  # the recorder streams into our accumulators
         return self
@@ -236,7 +271,10 @@ class OCACollector:
 
         for layer in self.layers:
             part = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{layer}.")}
-            self.moments[layer] = Moments.from_state_dict(part, device=self.nm.device)
+            self.moments[layer] = Moments.from_state_dict(
+                part, device=self.nm.device, accumulate=self.accumulate
+            )
+            self.moments[layer].workspace = self.workspace
         self.inputs, self.tokens = int(state["inputs"]), int(state["tokens"])
 
     def all_reduce(self) -> None:
@@ -248,7 +286,8 @@ class OCACollector:
         moments = self.moments[layer]
         down = self.nm.mlp_weights(layer).down
         phi = oca_phi(moments, down, statistic=self.settings.statistic)
-        return phi, {"n_inputs": self.inputs, "n_tokens": self.tokens, "n_samples": int(moments.count)}
+        meta = {"n_inputs": self.inputs, "n_tokens": self.tokens, "n_samples": int(moments.count)}
+        return phi, {**meta, "accumulate": self.accumulate}
 
 
 class PASCollector:
@@ -480,6 +519,13 @@ def _load_checkpoint(path: Path, key: str, world: World) -> tuple[dict[str, torc
     return state, int(meta["position"])
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    from hedonic_neurons.validation import check_phi_folder
+
+    check_phi_folder(out_dir)
+
+
+@locks_output("out_dir", check=_check_out_dir)
 def collect(
     nm: Any,
     pairs: Sequence[Any],
@@ -502,6 +548,9 @@ def collect(
     with ``query`` and ``passage``. Finished layers are skipped and partial passes resumed (see the
     module docstring). ``stop_after``: process at most this many batches on this rank and return
     without writing (for tests of resuming). Returns the phi paths of all requested layers.
+    ``out_dir`` is locked while collecting (:mod:`hedonic_neurons.locking`: a second collection
+    into it is refused) and its sidecars and checkpoints are checked first; an empty ``.partial``
+    folder is removed at the end.
     """
     settings.check()
     world = world or World()

@@ -23,8 +23,11 @@ Cost per input (n neurons, d = d_model, d_p = pooler width):
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -38,6 +41,13 @@ GRAD_OUTER_SIGN = -1.0
 
 #: Default bound on the elements of one temporary block (keeps memory flat in n and in the data).
 MAX_ELEMENTS = 1 << 22
+#: On CPU, the tanh path's per-pair temporaries hold at most this many elements each (three are live
+#: at once), so that a block's elementwise passes run in cache; rows of pairs per block at most
+#: TANH_BLOCK_ROWS.
+TANH_BLOCK_ELEMENTS = 1 << 16
+TANH_BLOCK_ROWS = 8
+#: Threads of the tanh path on CPU (0: torch.get_num_threads()).
+TANH_THREADS = 0
 
 
 class PairSums:
@@ -180,6 +190,89 @@ def _exact_affine(
             _add_sym(out, block_i, block_j, PAS_SIGN * ell_ij)
 
 
+def _tanh_singles(
+    r_b: torch.Tensor,
+    shifts_b: torch.Tensor,
+    s0_b: torch.Tensor,
+    a_b: torch.Tensor,
+    proj: torch.Tensor,
+    offset: torch.Tensor,
+    eps: float,
+) -> dict[str, torch.Tensor]:
+    """The per-neuron parts of the tanh path for one input, in fp64 (see :func:`_exact_tanh`)."""
+    d = r_b.shape[-1]
+    e_r = r_b.double() @ proj  # (d_p,)
+    e = (shifts_b @ proj.to(shifts_b.dtype)).double()  # (n, d_p)
+    sig0 = torch.rsqrt(s0_b / d + eps)
+    sig = torch.rsqrt((s0_b + a_b) / d + eps)  # (n,)
+    z0 = sig0 * e_r + offset
+    x = (sig - sig0)[:, None] * e_r - sig[:, None] * e  # z_i − z0
+    zi = z0 + x
+    dh = torch.sinh(x) / torch.cosh(zi)  # cosh(z0)·(tanh z_i − tanh z0), never overflows
+    return {"e_r": e_r, "e": e, "sig0": sig0, "sig": sig, "t0": torch.tanh(z0), "x": x, "zi": zi, "dh": dh}
+
+
+def _tanh_pair_block(
+    bufs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    cols: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    c: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    e_r: torch.Tensor,
+    w: torch.Tensor,
+    small: bool,
+    out: torch.Tensor,
+) -> None:
+    """Δ_ij of one (bi, bj) block of pairs into ``out`` (bi·bj,): Σ_k w_k u_ijk, u of :func:`_exact_tanh`.
+
+    ``rows`` = (z0 + x_i, −e_i, D̂_i) as (bi, 1, d_p); ``cols`` = (x_j, −e_j, D̂_j, tanh(z0)·D̂_j) as
+    (1, bj, d_p); ``c``, ``p``, ``q`` (bi, bj, 1); ``bufs`` three (bi, bj, d_p) buffers.
+    ``small``: every |y| of the block is below sqrt(eps)/2, where
+    tanh(y) / (1 + T tanh y) = y (1 − T y) to the dtype's rounding (the rest is (T² − 1/3) y³).
+    Ten elementwise passes (twelve if not ``small``) and one matrix-vector product.
+    """
+    t, y, z = bufs
+    zi, nei, dhi = rows
+    xj, nej, dhj, t0dhj = cols
+    torch.add(zi, xj, out=t)
+    t.tanh_()  # T = tanh(z0 + x_i + x_j)
+    torch.mul(c, e_r, out=y)
+    y.addcmul_(p, nei)
+    y.addcmul_(q, nej)  # y = z_ij − (z0 + x_i + x_j)
+    if small:
+        torch.mul(t, y, out=z)
+        y.addcmul_(z, t, value=-1.0)  # (1 − T²) y
+        y.addcmul_(z, y, value=-1.0)  # (1 − T²) y (1 − T y)
+    else:
+        y.tanh_()
+        torch.mul(t, y, out=z)
+        y.addcmul_(z, t, value=-1.0)  # (1 − T²) tanh y
+        y.div_(z.add_(1.0))  # tanh(z_ij) − T, exactly
+    torch.addcmul(t0dhj, t, dhj, out=t)  # (tanh z0 + T) D̂_j
+    y.addcmul_(dhi, t, value=-1.0)  # u
+    torch.mv(y.view(-1, y.shape[-1]), w, out=out)
+
+
+def _tanh_block_shape(n: int, dp: int, max_elements: int, device: torch.device) -> tuple[int, int]:
+    """(bi, bj) of one block of pairs: three (bi, bj, d_p) buffers within ``max_elements`` and, on
+    CPU, each within TANH_BLOCK_ELEMENTS (cache-sized), with at most TANH_BLOCK_ROWS rows."""
+    budget = max(1, max_elements // 3)
+    if device.type == "cpu":
+        budget = min(budget, TANH_BLOCK_ELEMENTS)
+    pairs = max(1, budget // max(1, dp))
+    bi = max(1, min(n, TANH_BLOCK_ROWS, pairs))
+    bj = max(1, min(n, pairs // bi))
+    return bi, bj
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] == rows:
+        return t
+    pad = t.new_zeros((rows - t.shape[0], *t.shape[1:]))
+    return torch.cat([t, pad])
+
+
 def _exact_tanh(
     r: torch.Tensor,
     shifts: torch.Tensor,
@@ -188,37 +281,118 @@ def _exact_tanh(
     max_elements: int,
     dtype: torch.dtype,
 ) -> None:
+    """Δ_ij of the tanh-pooler head, computed so that the four logits never cancel.
+
+    With σ_S the LayerNorm scale after ablating S, and e_r, e_i the images under x ↦ P(γ⊙x) of the
+    centred residual and shifts, the pooler pre-activation is z_S = σ_S (e_r − Σ_{i∈S} e_i) + p'.
+    Write z_i = z0 + x_i and z_ij = z0 + x_i + x_j + y_ij, so that
+    y_ij = c_ij e_r − p_ij e_i − q_ij e_j with the n² scalars c = σ_ij − σ_i − σ_j + σ0,
+    p = σ_ij − σ_i, q = σ_ij − σ_j (fp64). For T = tanh(z0 + x_i + x_j) tanh's addition formula
+    gives exactly
+
+        T − tanh z_i − tanh z_j + tanh z0 = −D̂_i D̂_j (tanh z0 + T),  D̂_i = sinh(x_i) / cosh(z_i),
+
+    so per pooler unit
+
+        tanh z_ij − tanh z_i − tanh z_j + tanh z0 = (1 − T²) tanh y / (1 + T tanh y) − D̂_i D̂_j (tanh z0 + T)
+
+    and Δ_ij = w·(that). Each term is a product of small quantities known to full relative precision
+    (x_i and D̂_i in fp64 per neuron, y from fp64 scalars), so ``dtype`` (the per-pair arithmetic)
+    sets a rounding error relative to the terms of Δ_ij, not to the logits.
+    """
     batch, n, d = shifts.shape
     r, shifts, s0, a, _ = _norm_terms(r, shifts, head.kind)
     dev = shifts.device
-    proj = (head.pooler_weight * head.gamma).T.to(device=dev)  # (d, d_p): x̃ -> P(γ⊙x̃)
-    offset = (head.pooler_weight @ head.beta + head.pooler_bias).to(device=dev, dtype=dtype)
+    proj = (head.pooler_weight * head.gamma).T.to(device=dev, dtype=torch.float64)  # (d, d_p)
+    offset = (head.pooler_weight @ head.beta + head.pooler_bias).to(device=dev, dtype=torch.float64)
+    dp = proj.shape[1]
     w = head.w.to(device=dev, dtype=dtype)
-    e_r = (r.double() @ proj).to(dtype)  # (B, d_p)
-    e = (shifts @ proj.to(shifts.dtype)).to(dtype)  # (B, n, d_p)
-    eps = head.eps
-    scale0 = torch.rsqrt(s0 / d + eps).to(dtype)
-    scale_i = torch.rsqrt((s0.unsqueeze(1) + a) / d + eps).to(dtype)
-    ell0 = torch.tanh(e_r * scale0[:, None] + offset) @ w
-    ell_i = torch.tanh((e_r.unsqueeze(1) - e) * scale_i[..., None] + offset) @ w
-    _add_singles(out, ell0.double(), ell_i.double(), PAS_SIGN)
-    size = _block_size(n, e.shape[-1], max_elements)
-    blocks = _blocks(n, size)
-    for b in range(batch):
-        shifts_b, e_b, e_rb = shifts[b : b + 1], e[b], e_r[b]
-        for bi, block_i in enumerate(blocks):
-            base_i = e_rb - e_b[block_i]  # (bi, d_p)
-            for block_j in blocks[bi:]:
-                sq = (
-                    s0[b]
-                    + a[b, block_i, None]
-                    + a[b, None, block_j]
-                    + 2.0 * _gram(shifts_b, block_i, block_j)[0]
-                )
-                scale = torch.rsqrt(sq / d + eps).to(dtype)
-                z = base_i.unsqueeze(1) - e_b[block_j].unsqueeze(0)  # (bi, bj, d_p), in place below
-                ell_ij = z.mul_(scale.unsqueeze(-1)).add_(offset).tanh_() @ w
-                _add_sym(out, block_i, block_j, PAS_SIGN * ell_ij.double())
+    small_y = 0.5 * math.sqrt(torch.finfo(dtype).eps)
+    bi, bj = _tanh_block_shape(n, dp, max_elements, dev)
+    n_rows, n_cols = -(-n // bi) * bi, -(-n // bj) * bj  # padded: padding gives u = 0 exactly
+    acc = torch.zeros(n, n, dtype=torch.float64, device=dev)  # Δ_ij where `computed` (below)
+    serial = dev.type == "cpu" and _openmp()
+    threads = torch.get_num_threads()
+    workers = max(1, min(TANH_THREADS or threads, 64)) if serial else 1
+    local = threading.local()
+
+    def row_block(i0: int) -> None:
+        bufs = getattr(local, "bufs", None)
+        if bufs is None:
+            bufs = local.bufs = tuple(torch.empty(bi, bj, dp, dtype=dtype, device=dev) for _ in range(3))
+        rows = slice(i0, min(i0 + bi, n))
+        k0 = i0 // bj
+        cols = slice(k0 * bj, n)
+        sq = s0_b + a_b[rows, None] + a_b[None, cols] + 2.0 * gram[rows, cols]
+        sig_ij = torch.rsqrt(sq / d + head.eps)
+        m, h = sig_ij.shape
+        cpq = torch.zeros(3, bi, n_cols - k0 * bj, dtype=torch.float64, device=dev)
+        torch.sub(sig_ij, sig[rows, None], out=cpq[1, :m, :h])  # p
+        torch.sub(sig_ij, sig[None, cols], out=cpq[2, :m, :h])  # q
+        torch.sub(cpq[1, :m, :h], sig[None, cols], out=cpq[0, :m, :h]).add_(sig0)  # c
+        bound = cpq[0].abs() * ermax + cpq[1].abs() * emax_rows[i0 : i0 + bi, None]
+        bound[:, :h] += cpq[2, :, :h].abs() * emax[None, cols]
+        small = (bound.view(bi, -1, bj).amax(dim=(0, 2)) <= small_y).tolist()
+        cpq = cpq.to(dtype).view(3, bi, -1, bj, 1)
+        res = torch.empty(len(small), bi * bj, dtype=dtype, device=dev)
+        rparts = tuple(t[i0 : i0 + bi] for t in row_parts)
+        for k, flag in enumerate(small):
+            _tanh_pair_block(
+                bufs,
+                rparts,
+                col_blocks[k0 + k],
+                cpq[0, :, k],
+                cpq[1, :, k],
+                cpq[2, :, k],
+                e_r,
+                w,
+                flag,
+                res[k],
+            )
+        acc[rows, cols] += res.view(-1, bi, bj).transpose(0, 1).reshape(bi, -1)[:m, :h]
+
+    if serial:
+        torch.set_num_threads(1)  # this thread's passes run serially (restored below)
+    pool = (
+        ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else None
+    )
+    try:
+        for b in range(batch):
+            s = _tanh_singles(r[b], shifts[b], s0[b], a[b], proj, offset, head.eps)
+            s0_b, a_b, sig, sig0 = s0[b], a[b], s["sig"], s["sig0"]
+            gram = _gram(shifts[b : b + 1], slice(0, n), slice(0, n))[0]
+            emax, ermax = s["e"].abs().amax(-1), s["e_r"].abs().max()
+            emax_rows = _pad_rows(emax, n_rows)
+            e_r = s["e_r"].to(dtype)
+            ne = (-s["e"]).to(dtype)
+            dh = s["dh"].to(dtype)
+            row_parts = [_pad_rows(t, n_rows).unsqueeze(1) for t in (s["zi"].to(dtype), ne, dh)]
+            col_parts = [
+                _pad_rows(t, n_cols).unsqueeze(0)
+                for t in (s["x"].to(dtype), ne, dh, (s["t0"] * s["dh"]).to(dtype))
+            ]
+            col_blocks = [tuple(t[:, k : k + bj] for t in col_parts) for k in range(0, n_cols, bj)]
+            if pool is None:
+                for i0 in range(0, n, bi):
+                    row_block(i0)
+            else:
+                for f in [pool.submit(row_block, i0) for i0 in range(0, n, bi)]:
+                    f.result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if serial:
+            torch.set_num_threads(threads)
+    # each pair was computed as (i, j), as (j, i) or both: mirror where only (j, i) was
+    idx = torch.arange(n, device=dev)
+    computed = idx[None, :] >= (idx // bi * bi // bj * bj)[:, None]
+    out += PAS_SIGN * torch.where(computed, acc, acc.T)
+
+
+@functools.cache
+def _openmp() -> bool:
+    """Whether ATen's intra-op parallelism is OpenMP (where torch.set_num_threads is per thread)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def _exact_generic(

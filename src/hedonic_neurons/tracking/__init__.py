@@ -1,31 +1,46 @@
-"""Cross-layer tracking of coalitions (method A11): interaction mass, matching, transition labels.
+"""Cross-layer tracking of coalitions (method A11, judged against a null as revised by A13').
 
-The numpy / torch core (:func:`interaction_mass`, :func:`track_layers`, :func:`classify_transitions`)
-takes plain weight matrices; :mod:`hedonic_neurons.tracking.model` reads them (and E|a_p|) from a
-model. Importing this package does not import a model library beyond torch.
+The numpy / torch core (:func:`interaction_mass`, :func:`mass_batch`, :func:`null_model`,
+:func:`track_layers`, :func:`classify_transitions`) takes plain weight matrices;
+:mod:`hedonic_neurons.tracking.model` reads them (and E|a_p|) from a model,
+:mod:`hedonic_neurons.tracking.flow` measures the interventional flow on a model, and
+:mod:`hedonic_neurons.tracking.run` tracks a folder of partitions and writes the outputs.
+Importing this package does not import a model library beyond torch.
 """
 
-from hedonic_neurons.tracking.mass import effective_influence, interaction_mass
+from hedonic_neurons.tracking.mass import effective_influence, interaction_mass, mass_batch
+from hedonic_neurons.tracking.null import NullModel, classify_null, lifts, null_model
 from hedonic_neurons.tracking.transitions import (
     LABELS,
+    RULES,
     TransitionResult,
     alpha_beta,
     classify_transitions,
     markdown_table,
+    pair_rows,
     track_layers,
     transition_table,
+    write_pair_table,
     write_transition_table,
 )
 
 __all__ = [
     "LABELS",
+    "RULES",
+    "NullModel",
     "TransitionResult",
     "alpha_beta",
+    "classify_null",
     "classify_transitions",
     "effective_influence",
     "interaction_mass",
+    "lifts",
     "markdown_table",
+    "mass_batch",
+    "null_model",
+    "pair_rows",
     "track_layers",
     "transition_table",
+    "write_pair_table",
     "write_transition_table",
 ]

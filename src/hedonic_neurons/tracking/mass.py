@@ -17,6 +17,11 @@ coalition C (layer l) and a target coalition C' (layer l+1) is
 column blocks of ``W_down`` restricted to the tracked neurons, forms ``W_eff[:, block]`` (float32
 matmuls, torch, on any device), and accumulates the coalition sums in float64 with
 ``index_add_``. Memory is O(n' x block_size).
+
+:func:`mass_batch` computes M for many partitions of the same two layers at once (the
+random-partition null of :mod:`hedonic_neurons.tracking.null`): each block ``W_eff[:, block]`` is
+formed once and reduced for every partition by one sparse one-hot product (targets) and one
+``scatter_add_`` (sources). Memory is O(R x K' x block_size) for R partitions of K' targets.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 
 from hedonic_neurons.errors import DataError
 
-__all__ = ["effective_influence", "interaction_mass"]
+__all__ = ["effective_influence", "interaction_mass", "mass_batch"]
 
 
 def _as_tensor(x: Any, name: str, ndim: int, device: Any):
@@ -144,3 +149,83 @@ def interaction_mass(
     sizes_src = np.bincount(src_lab, minlength=k_src).astype(np.float64)
     sizes_tgt = np.bincount(tgt_lab, minlength=k_tgt).astype(np.float64)
     return total.T.cpu().numpy() / np.outer(sizes_src, sizes_tgt)
+
+
+def _labels(labels: Any, n: int, name: str, device: Any):
+    """(R, n) long tensor of coalition labels (-1: not tracked) and the number of coalitions."""
+    import torch
+
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if lab.ndim != 2 or lab.shape[1] != n:
+        raise DataError(f"{name} must be (partitions, {n}), got shape {tuple(lab.shape)}")
+    if lab.numel() and int(lab.min()) < -1:
+        raise DataError(f"{name} holds a label below -1 (-1 marks an untracked neuron)")
+    return lab.to(device)
+
+
+def mass_batch(
+    W_down_l: Any,
+    W_up_next: Any,
+    W_gate_next: Any,
+    norm_scale_next: Any,
+    A: Any,
+    source_labels: Any,
+    target_labels: Any,
+    n_sources: int,
+    n_targets: int,
+    *,
+    block_size: int = 512,
+    device: Any = None,
+) -> np.ndarray:
+    """Interaction mass of R partition pairs at once: (R, n_sources, n_targets), float64.
+
+    ``source_labels`` (R, n) / ``target_labels`` (R, n'): partition r puts neuron p into coalition
+    ``source_labels[r, p]`` (0..n_sources-1; -1: not tracked), and likewise for the targets. Row r
+    of the result equals :func:`interaction_mass` on partition r (weights as there). A coalition
+    that is empty in some partition gets zero mass there.
+    """
+    import torch
+
+    down, rows = _inputs(W_down_l, W_up_next, W_gate_next, norm_scale_next, device)
+    dev = down.device
+    n, n_next = down.shape[1], rows[0].shape[0]
+    act = np.asarray(A, dtype=np.float64).ravel()
+    if act.shape != (n,) or not np.isfinite(act).all() or (act < 0).any():
+        raise DataError(
+            f"A must hold {n} finite non-negative values (E|a_p| of layer l), got shape {act.shape}"
+        )
+    src = _labels(source_labels, n, "source_labels", dev)
+    tgt = _labels(target_labels, n_next, "target_labels", dev)
+    if src.shape[0] != tgt.shape[0]:
+        raise DataError(f"{src.shape[0]} source partitions but {tgt.shape[0]} target partitions")
+    if (src.numel() and int(src.max()) >= n_sources) or (tgt.numel() and int(tgt.max()) >= n_targets):
+        raise DataError("a label is not below the number of coalitions (n_sources / n_targets)")
+    R, K, K2 = src.shape[0], int(n_sources), int(n_targets)
+    if R == 0 or K == 0 or K2 == 0:
+        return np.zeros((R, K, K2))
+    # targets: one sparse one-hot (R*K', n') so that onehot @ W_eff[:, block] sums each coalition
+    r_idx, q_idx = (tgt >= 0).nonzero(as_tuple=True)
+    onehot = torch.sparse_coo_tensor(
+        torch.stack([r_idx * K2 + tgt[r_idx, q_idx], q_idx]),
+        torch.ones(r_idx.numel(), device=dev),
+        (R * K2, n_next),
+        check_invariants=False,
+    ).coalesce()
+    keep = torch.as_tensor(np.flatnonzero((src >= 0).any(0).cpu().numpy()), device=dev)
+    act_t = torch.as_tensor(act, device=dev, dtype=torch.float32)
+    total = torch.zeros(R, K2, K + 1, dtype=torch.float64, device=dev)  # column K: untracked
+    step = max(int(block_size), 1)
+    for start in range(0, keep.numel(), step):
+        cols = keep[start : start + step]
+        w_eff = sum((r @ down.index_select(1, cols)).abs_() for r in rows) * act_t[cols]  # (n', b)
+        per_target = torch.sparse.mm(onehot, w_eff).view(R, K2, cols.numel()).double()
+        idx = src[:, cols].clone()
+        idx[idx < 0] = K
+        total.scatter_add_(2, idx[:, None, :].expand(R, K2, cols.numel()), per_target)
+    sizes_src = torch.zeros(R, K + 1, dtype=torch.float64, device=dev)
+    sizes_src.scatter_add_(1, torch.where(src >= 0, src, K), torch.ones_like(src, dtype=torch.float64))
+    sizes_tgt = torch.zeros(R, K2 + 1, dtype=torch.float64, device=dev)
+    sizes_tgt.scatter_add_(1, torch.where(tgt >= 0, tgt, K2), torch.ones_like(tgt, dtype=torch.float64))
+    denom = sizes_src[:, None, :K] * sizes_tgt[:, :K2, None]  # (R, K', K)
+    out = torch.where(denom > 0, total[..., :K] / denom.clamp(min=1), torch.zeros((), dtype=torch.float64))
+    return out.transpose(1, 2).cpu().numpy()

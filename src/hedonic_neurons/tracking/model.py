@@ -22,26 +22,36 @@ __all__ = ["LayerPairWeights", "layer_pair_weights", "mean_abs_activations", "ne
 _POST_LN_MLP_INPUT_NORM = {"bert": "attention.output.LayerNorm"}
 
 
-def next_norm_scale(model: nn.Module, layer: int) -> torch.Tensor | None:
-    """Scale of the norm(s) between layer ``layer``'s MLP output and layer ``layer + 1``'s MLP input.
+def next_norm_scale(model: nn.Module, layer: int, target: int | None = None) -> torch.Tensor | None:
+    """Scale of the norm(s) between layer ``layer``'s MLP output and layer ``target``'s MLP input
+    (``target`` defaults to ``layer + 1``).
 
-    Pre-LN models (LLaMA, Mistral, Qwen2, GPT-NeoX, GPT-2): the weight of layer l+1's MLP norm
-    (``post_attention_layernorm`` / ``ln_2``). Post-LN BERT: the output passes two LayerNorms, layer
-    l's output LayerNorm and layer l+1's attention-output LayerNorm; their weights multiply. The
-    norms' data-dependent divisions, centring and biases are ignored (see ``tracking.mass``).
+    Pre-LN models (LLaMA, Mistral, Qwen2, GPT-NeoX, GPT-2): the residual stream is never
+    normalised in place, so whatever the distance it is the weight of layer ``target``'s MLP norm
+    (``post_attention_layernorm`` / ``ln_2``). Post-LN BERT: the output passes layer l's output
+    LayerNorm, both LayerNorms of every block in between, and layer ``target``'s attention-output
+    LayerNorm; their weights multiply. The norms' data-dependent divisions, centring and biases
+    are ignored (see ``tracking.mass``).
     """
+    target = layer + 1 if target is None else target
     spec = get_spec(model)
-    nxt = mlp_modules(model, layer + 1)
+    nxt = mlp_modules(model, target)
     if nxt.mlp_norm is not None:
         return nxt.mlp_norm.weight.detach().float()
     scale = None
-    own = mlp_modules(model, layer).post_norm
-    if own is not None and getattr(own, "weight", None) is not None:
-        scale = own.weight.detach().float()
-    path = _POST_LN_MLP_INPUT_NORM.get(spec.family)
-    if path is not None:
-        w = attrgetter(path)(block(model, layer + 1)).weight.detach().float()
+
+    def times(weight: torch.Tensor) -> None:
+        nonlocal scale
+        w = weight.detach().float()
         scale = w if scale is None else scale * w
+
+    path = _POST_LN_MLP_INPUT_NORM.get(spec.family)
+    for k in range(layer, target + 1):
+        if k > layer and path is not None:  # the attention-output LayerNorm of every later block
+            times(attrgetter(path)(block(model, k)).weight)
+        own = mlp_modules(model, k).post_norm if k < target else None  # the output LayerNorm
+        if own is not None and getattr(own, "weight", None) is not None:
+            times(own.weight)
     return scale
 
 
@@ -55,16 +65,22 @@ class LayerPairWeights:
     norm_scale_next: torch.Tensor | None  # (d,)
 
 
-def layer_pair_weights(model: nn.Module, layer: int) -> LayerPairWeights:
-    """Weights linking layer ``layer``'s neurons to layer ``layer + 1``'s (detached float32 copies)."""
+def layer_pair_weights(model: nn.Module, layer: int, target: int | None = None) -> LayerPairWeights:
+    """Weights linking layer ``layer``'s neurons to layer ``target``'s (default ``layer + 1``;
+    detached float32 copies). Beyond the next layer this is the direct path through the residual
+    stream: layer l's down projection, the norm scales in between, layer t's input projection."""
     layer = check_layer(model, layer)
-    check_layer(model, layer + 1)
-    here, nxt = mlp_weights(model, layer), mlp_weights(model, layer + 1)
+    target = check_layer(model, layer + 1 if target is None else target)
+    if target <= layer:
+        from hedonic_neurons.errors import ModelError
+
+        raise ModelError(f"target layer {target} must come after layer {layer}")
+    here, nxt = mlp_weights(model, layer), mlp_weights(model, target)
     return LayerPairWeights(
         down=here.down.detach().float(),
         up_next=nxt.up.detach().float(),
         gate_next=None if nxt.gate is None else nxt.gate.detach().float(),
-        norm_scale_next=next_norm_scale(model, layer),
+        norm_scale_next=next_norm_scale(model, layer, target),
     )
 
 

@@ -1,29 +1,107 @@
-"""Tracking a folder of partitions through a model (``hedonic track``), and its output files.
+"""Tracking a folder of partitions through a model (``hedonic track``, and ``hedonic run``'s
+tracking stage: both call :func:`track_and_write` with one :class:`TrackSettings`), and its
+output files.
 
-Output folder: ``transition_L{l}_L{l+1}.json`` per adjacent layer pair (the
+Output folder: ``transition_L{l}_L{t}.json`` per layer pair (t = l+1 ... l+h; the
 :meth:`TransitionResult.to_dict` document plus provenance), ``transitions.md`` and
-``transitions.csv`` (percentage table), ``sankey.html`` (offline interactive Sankey).
+``transitions.csv`` (one row per layer pair: label percentages, the null's thresholds and
+percentiles, flow-mass agreement), ``pairs.csv`` (every matched pair and significant link, with
+mass, α, β, lifts, percentiles and flow), ``lineage.json`` / ``lineage.md`` (per coalition: where
+it comes from and where it goes) and ``sankey.html`` (plotly, reading the shared
+``plotly.min.js`` bundle of the folder it names).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hedonic_neurons.artifacts import PARTITION_FORMAT, load_partition, provenance, read_json, write_json
-from hedonic_neurons.errors import DataError
+from hedonic_neurons.artifacts import (
+    PARTITION_FORMAT,
+    atomic_write_text,
+    load_partition,
+    provenance,
+    read_json,
+    write_json,
+)
+from hedonic_neurons.errors import ConfigError, DataError
 from hedonic_neurons.tracking.transitions import (
+    RULES,
     TransitionResult,
+    pair_rows,
     track_layers,
     transition_table,
+    write_pair_table,
     write_transition_table,
 )
 
-__all__ = ["iter_batches", "load_partition_dir", "sample_pairs", "track_partitions", "write_tracking"]
+__all__ = [
+    "FlowSpec",
+    "TrackSettings",
+    "iter_batches",
+    "layer_pairs",
+    "lineage",
+    "load_partition_dir",
+    "sample_pairs",
+    "track_and_write",
+    "track_partitions",
+    "write_tracking",
+]
+
+
+@dataclass(frozen=True)
+class TrackSettings:
+    """Everything that decides tracking's numbers, shared by ``hedonic track`` and ``hedonic run``
+    (the defaults are those of both; a test keeps them equal to ``TrackingConfig``'s).
+
+    ``rule``: ``"null"`` (random-partition null), ``"matching"`` (A11, absolute τ) or ``"code"``
+    (the public code's relative rule); ``tau`` only for the absolute rules. ``null_draws`` random
+    partitions at ``null_level``; ``horizon``: track l -> l+1 ... l+horizon; ``flow_pairs``:
+    inputs of the interventional flow (0: no flow); ``seed``: the null's draws (and the flow's
+    input sample).
+    """
+
+    rule: str = "null"
+    tau: float | None = None
+    min_size: int = 2
+    null_draws: int = 100
+    null_level: float = 0.95
+    horizon: int = 3
+    flow_pairs: int = 64
+    seed: int = 0
+    block_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ConfigError(f"tracking rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.rule == "null" and self.tau is not None:
+            raise ConfigError(
+                "tau applies to the absolute rules ('matching', 'code'); rule 'null' sets it from the null"
+            )
+        if not isinstance(self.horizon, int) or self.horizon < 1:
+            raise ConfigError(f"horizon must be a positive integer, got {self.horizon!r}")
+        if not isinstance(self.flow_pairs, int) or self.flow_pairs < 0:
+            raise ConfigError(f"flow_pairs must be a non-negative integer, got {self.flow_pairs!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FlowSpec:
+    """What the interventional flow needs: encoded input batches, the ablation mode and, for
+    ``mode="reference"``, a function giving a layer's reference :class:`MLPWeights`."""
+
+    batches: list[Mapping[str, Any]]
+    mode: str = "zero"
+    reference: Callable[[int], Any] | None = None
+    max_rows: int = 256
+    pooling: str = "mean"
 
 
 def load_partition_dir(folder: str | os.PathLike) -> dict[int, tuple[Path, dict[str, Any]]]:
@@ -69,6 +147,12 @@ def iter_batches(nm: Any, pairs: Sequence[Any], batch_size: int) -> Iterator[Map
         yield nm.encode([p.query for p in chunk], [p.passage for p in chunk])
 
 
+def layer_pairs(layers: Sequence[int], horizon: int = 1) -> list[tuple[int, int]]:
+    """(l, t) for every l among ``layers`` and every t = l+1 ... l+horizon also among them."""
+    have = set(layers)
+    return [(lo, lo + h) for lo in sorted(have) for h in range(1, horizon + 1) if lo + h in have]
+
+
 def track_partitions(
     model: Any,
     partitions: Mapping[int, Sequence[Sequence[int]]],
@@ -76,27 +160,38 @@ def track_partitions(
     *,
     tau: float | None = None,
     min_size: int = 2,
-    rule: str = "matching",
+    rule: str = "null",
     block_size: int = 512,
+    null_draws: int = 100,
+    null_level: float = 0.95,
+    horizon: int = 1,
+    seed: int = 0,
+    flow: FlowSpec | None = None,
 ) -> list[TransitionResult]:
-    """Track every adjacent pair (l, l+1) present in ``partitions`` (``{layer: coalitions}``).
+    """Track every pair (l, l+h), h = 1 ... ``horizon``, present in ``partitions`` (``{layer: coalitions}``).
 
     ``model``: a Hugging Face model (weights read with
     :func:`~hedonic_neurons.tracking.model.layer_pair_weights`); ``mean_abs[l]``: E|a_p| of
-    layer l (:func:`~hedonic_neurons.tracking.model.mean_abs_activations`).
+    layer l (:func:`~hedonic_neurons.tracking.model.mean_abs_activations`). The null of pair
+    (l, t) is seeded with ``[seed, l, t]``. With ``flow``, every result also gets the
+    interventional flow of its coalitions (one batched ablation pass per source layer for all
+    its horizons) and its agreement with the mass.
     """
     from hedonic_neurons.tracking.model import layer_pair_weights
 
     layers = sorted(partitions)
-    pairs = [layer for layer in layers if layer + 1 in partitions]
+    pairs = layer_pairs(layers, horizon)
     if not pairs:
         raise DataError(
-            f"no two adjacent layers among the partitions (layers {layers}); tracking needs l and l+1"
+            f"no two adjacent layers among the partitions (layers {layers}, horizon {horizon}); "
+            "tracking needs l and l+1 (or l+h)"
         )
     out = []
-    for layer in pairs:
-        w = layer_pair_weights(model, layer)
-        act = mean_abs[layer]
+    for lo, hi in pairs:
+        if lo not in mean_abs:
+            raise DataError(f"no E|a_p| for layer {lo} (mean_abs has layers {sorted(mean_abs)})")
+        w = layer_pair_weights(model, lo, hi)
+        act = mean_abs[lo]
         act = act.detach().cpu().numpy() if hasattr(act, "detach") else np.asarray(act)
         out.append(
             track_layers(
@@ -105,16 +200,158 @@ def track_partitions(
                 w.gate_next,
                 w.norm_scale_next,
                 act,
-                partitions[layer],
-                partitions[layer + 1],
+                partitions[lo],
+                partitions[hi],
                 tau=tau,
                 min_size=min_size,
                 rule=rule,
-                layer=layer,
+                layer=lo,
+                target_layer=hi,
+                null_draws=null_draws,
+                null_level=null_level,
+                seed=[int(seed), lo, hi],
                 block_size=block_size,
             )
         )
+    if flow is not None:
+        add_flow(model, partitions, out, flow)
     return out
+
+
+def add_flow(
+    model: Any,
+    partitions: Mapping[int, Sequence[Sequence[int]]],
+    results: Sequence[TransitionResult],
+    flow: FlowSpec,
+) -> None:
+    """Attach the interventional flow to every result (see :mod:`hedonic_neurons.tracking.flow`)."""
+    from hedonic_neurons.tracking.flow import interventional_flow
+
+    by_source: dict[int, list[TransitionResult]] = {}
+    for r in results:
+        by_source.setdefault(r.source_layer, []).append(r)
+    for lo, group in by_source.items():
+        sources = [list(partitions[lo][i]) for i in group[0].source_index]
+        targets = {
+            r.target_layer: [list(partitions[r.target_layer][j]) for j in r.target_index] for r in group
+        }
+        if not sources or not all(targets.values()):
+            for r in group:
+                r.set_flow(np.zeros_like(r.mass), mode=flow.mode, inputs=0, pooling=flow.pooling)
+            continue
+        reference = flow.reference(lo) if flow.mode == "reference" and flow.reference is not None else None
+        got = interventional_flow(
+            model,
+            flow.batches,
+            lo,
+            sources,
+            targets,
+            mode=flow.mode,
+            reference=reference,
+            max_rows=flow.max_rows,
+        )
+        inputs = sum(int(b["attention_mask"].shape[0]) for b in flow.batches)
+        for r in group:
+            r.set_flow(got[r.target_layer], mode=flow.mode, inputs=inputs, pooling=flow.pooling)
+
+
+def lineage(results: Sequence[TransitionResult]) -> dict[str, Any]:
+    """Per coalition, where it comes from and where it goes, over every tracked layer pair.
+
+    ``{"L{layer}": {"C{index}": {"size", "from": [...], "to": [...]}}}`` with one entry per layer
+    pair the coalition takes part in: its label there, its significant links (the other
+    coalition, the link's label, lifts and percentiles, flow) and, on the outgoing side, the
+    matched target and the largest-flow target.
+    """
+    out: dict[str, dict[str, Any]] = {}
+
+    def node(layer: int | None, coalition: int, size: int) -> dict[str, Any]:
+        entry = out.setdefault(f"L{layer}", {}).setdefault(
+            f"C{coalition}", {"size": size, "from": [], "to": []}
+        )
+        return entry
+
+    for r in results:
+        doc = r.to_dict()
+        links_out: dict[int, list[dict[str, Any]]] = {}
+        links_in: dict[int, list[dict[str, Any]]] = {}
+        for link in doc["links"]:
+            links_out.setdefault(link["source"], []).append(link)
+            links_in.setdefault(link["target"], []).append(link)
+        matched = {m["source"]: m for m in doc["matches"]}
+
+        def brief(link: dict[str, Any], other: str) -> dict[str, Any]:
+            keys = ("label", "lift_alpha", "lift_beta", "pct_alpha", "pct_beta", "mass", "flow")
+            return {"coalition": link[f"{other}_coalition"], **{k: link.get(k) for k in keys}}
+
+        for i, c in enumerate(r.source_index):
+            entry: dict[str, Any] = {
+                "layer": r.target_layer,
+                "label": r.source_labels[i],
+                "links": [brief(link, "target") for link in links_out.get(i, [])],
+            }
+            if r.source_pct_out:
+                entry["pct_out"] = r.source_pct_out[i]
+            if i in matched:
+                m = matched[i]
+                entry["matched"] = {
+                    "coalition": m["target_coalition"],
+                    "label": m["label"],
+                    "alpha": m["alpha"],
+                    "beta": m["beta"],
+                    "lift_alpha": m["lift_alpha"],
+                    "pct_alpha": m["pct_alpha"],
+                }
+            if r.flow is not None and r.flow.shape[1]:
+                j = int(r.flow[i].argmax())
+                entry["top_flow"] = {"coalition": r.target_index[j], "flow": float(r.flow[i, j])}
+            node(r.source_layer, c, r.source_sizes[i])["to"].append(entry)
+        for j, c in enumerate(r.target_index):
+            entry = {
+                "layer": r.source_layer,
+                "label": r.target_labels[j],
+                "links": [brief(link, "source") for link in links_in.get(j, [])],
+            }
+            if r.target_pct_in:
+                entry["pct_in"] = r.target_pct_in[j]
+            node(r.target_layer, c, r.target_sizes[j])["from"].append(entry)
+    return out
+
+
+def _lineage_line(layer: str, name: str, entry: dict[str, Any]) -> str | None:
+    """One Markdown line for a coalition with at least one significant link (None otherwise)."""
+
+    def fmt(side: str, items: list[dict[str, Any]]) -> list[str]:
+        parts = []
+        for e in items:
+            for link in e["links"]:
+                parts.append(
+                    f"{side} L{e['layer']} C{link['coalition']} ({link['label']}, α·K {link['lift_alpha']:.2f} "
+                    f"p{link['pct_alpha']:.0f}, β·K {link['lift_beta']:.2f} p{link['pct_beta']:.0f})"
+                )
+        return parts
+
+    parts = fmt("from", entry["from"]) + fmt("to", entry["to"])
+    if not parts:
+        return None
+    labels = ", ".join(f"→L{e['layer']} {e['label']}" for e in entry["to"])
+    return f"- **{layer} {name}** ({entry['size']} neurons; {labels or 'no outgoing pair'}): " + "; ".join(
+        parts
+    )
+
+
+def lineage_markdown(tree: dict[str, Any], *, title: str = "Coalition lineage") -> str:
+    """The coalitions with a significant link, one line each, by layer; then label counts."""
+    lines = [f"# {title}", ""]
+    lines.append(
+        "Only links above the random-partition null are listed (both lifts at or above the layer "
+        "pair's thresholds; pN = percentile among the null's best lifts). Every other tracked "
+        "coalition is unstructured, vanishing or emerging (see lineage.json for all of them)."
+    )
+    for layer in sorted(tree, key=lambda s: int(s[1:])):
+        body = [line for name, e in tree[layer].items() if (line := _lineage_line(layer, name, e))]
+        lines += ["", f"## {layer}", ""] + (body or ["(no coalition with a significant link)"])
+    return "\n".join(lines) + "\n"
 
 
 def write_tracking(
@@ -123,8 +360,11 @@ def write_tracking(
     *,
     method: str = "",
     meta: Mapping[str, Any] | None = None,
+    bundle_dir: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
-    """Write one JSON per layer pair, the percentage table (Markdown, CSV) and the Sankey HTML."""
+    """Write one JSON per layer pair, the tables (Markdown, CSV), the pair table, the lineage and
+    the Sankey HTML. The Sankey reads plotly from ``plotly.min.js`` in ``bundle_dir`` (default:
+    ``out_dir``), written there once and shared by every Sankey that names the same folder."""
     from hedonic_neurons.report.sankey import write_sankey
 
     out_dir = Path(out_dir)
@@ -136,6 +376,58 @@ def write_tracking(
     rows = transition_table(results, method=method or None)
     write_transition_table(rows, out_dir / "transitions.md", out_dir / "transitions.csv")
     written["table_md"], written["table_csv"] = out_dir / "transitions.md", out_dir / "transitions.csv"
+    write_pair_table(pair_rows(results, method=method or None), out_dir / "pairs.csv")
+    written["pairs_csv"] = out_dir / "pairs.csv"
+    tree = lineage(results)
+    written["lineage_json"] = write_json(out_dir / "lineage.json", {"method": method, "lineage": tree})
+    title = f"Coalition lineage ({method})" if method else "Coalition lineage"
+    written["lineage_md"] = atomic_write_text(out_dir / "lineage.md", lineage_markdown(tree, title=title))
     title = f"Coalition transitions ({method})" if method else None
-    written["sankey"] = write_sankey(results, out_dir / "sankey.html", title=title)
+    written["sankey"] = write_sankey(results, out_dir / "sankey.html", title=title, bundle_dir=bundle_dir)
     return written
+
+
+def track_and_write(
+    model: Any,
+    partitions: Mapping[int, Sequence[Sequence[int]]],
+    mean_abs: Mapping[int, Any],
+    settings: TrackSettings,
+    out_dir: str | os.PathLike,
+    *,
+    method: str = "",
+    meta: Mapping[str, Any] | None = None,
+    flow: FlowSpec | None = None,
+    bundle_dir: str | os.PathLike | None = None,
+) -> tuple[list[TransitionResult], dict[str, Path]]:
+    """Track with ``settings`` and write every output file: the one path of ``hedonic track`` and
+    of ``hedonic run``'s tracking stage (same partitions, E|a_p| and inputs: same files)."""
+    results = track_partitions(
+        model,
+        partitions,
+        mean_abs,
+        tau=settings.tau,
+        min_size=settings.min_size,
+        rule=settings.rule,
+        block_size=settings.block_size,
+        null_draws=settings.null_draws,
+        null_level=settings.null_level,
+        horizon=settings.horizon,
+        seed=settings.seed,
+        flow=flow if settings.flow_pairs > 0 else None,
+    )
+    meta = {"settings": settings.to_dict(), **(meta or {})}
+    return results, write_tracking(results, out_dir, method=method, meta=meta, bundle_dir=bundle_dir)
+
+
+def flow_spec(nm: Any, pairs: Sequence[Any], settings: TrackSettings, batch_size: int) -> FlowSpec | None:
+    """The flow inputs for a loaded :class:`NeuronModel`: ``settings.flow_pairs`` of ``pairs``
+    (a seeded sample), reference ablation when the model has reference weights, else zero."""
+    if settings.flow_pairs == 0:
+        return None
+    chosen = sample_pairs(pairs, settings.flow_pairs, settings.seed)
+    mode = "reference" if nm.has_reference else "zero"
+    return FlowSpec(
+        batches=list(iter_batches(nm, chosen, batch_size)),
+        mode=mode,
+        reference=nm.reference_mlp_weights if mode == "reference" else None,
+    )

@@ -1,0 +1,1252 @@
+"""Planted coalitions: a real model with known synergistic neurons, made by weight surgery only.
+
+:func:`plant` loads a model, replaces some neurons of MLP layer ``L`` and one *reader* neuron per
+group at layer ``L + 1``, and writes the modified checkpoint plus a ground-truth JSON. Nothing is
+trained; every weight comes from a short calibration pass over real inputs, so planting takes
+seconds and the construction can be checked exactly.
+
+The construction, for a group G of g members (neurons of layer L) and its reader (a neuron of
+layer L + 1):
+
+* **Members read features.** Member i's pre-activation is ``s·(z_i(x) − t_i)``, where x is the
+  MLP input, ``z_i = A_i·(x − μ)`` a feature of unit variance over the calibration tokens and
+  ``t_i`` its quantile for the activation rate wanted. A feature is a random direction (in the
+  whitened span of the top principal components of x, orthogonal to the mean difference between
+  the readout token and the other tokens, so it is not a position detector) or, with
+  ``features="probe"``, a ridge probe of a text property (query-term overlap, passage length,
+  query length). *Co-active* groups: every member reads the group's feature (with a small
+  member-specific jitter), so members fire together. *Independent* groups: every member reads
+  its own feature; the features are uncorrelated over the calibration tokens, so members are
+  not co-active, and each fires often enough (rate ``0.5^(1/g)``) that all g fire together on
+  about half of the tokens.
+* **Members write fresh directions.** Member i's output column is ``c·v_i / ā_i``: v_i are
+  orthonormal directions from the low-variance principal subspace of the residual stream at L
+  (orthogonal to the all-ones vector for LayerNorm models), ā_i the member's mean activation
+  when active, so ``y_i = a_i / ā_i`` is about 1 when it fires. Different members' outputs are
+  orthogonal.
+* **A thresholded reader sums them.** The reader's input row is a linear decoder of
+  ``Y_G = Σ_{i∈G} y_i`` from the MLP input at L + 1 (weighted ridge regression over the
+  calibration tokens, fitted after the members are in place; its R² is recorded), and its
+  pre-activation is ``s_r·(Ŷ_G − (g − ½))``: with every member at its usual level the reader
+  is on by ½, with one member missing it is below threshold. Its output column writes along
+  the direction that raises the model's logit (the mean gradient of the logit with respect to
+  the residual after L + 1 at the readout token), scaled so that one unit of reader output
+  moves the logit by ``effect`` standard deviations of the calibration logits.
+
+* **AND (complements)**: the reader adds ``+E·R(Ŷ_G − T)``, R convex (GELU / SiLU), so the
+  output moves only when (nearly) all members are active. Because R is convex and every
+  member's contribution is non-negative, the second difference
+  ``Δ_ij = ℓ − ℓ_{−i} − ℓ_{−j} + ℓ_{−ij}`` at the reader is ≥ 0 on every input, and > 0 where
+  the ablations cross the threshold.
+* **OR / redundant (substitutes)**: each member also writes ``+E`` per unit of y straight along
+  the logit direction at L, and the reader subtracts ``E·R(Ŷ_G − T)``: the group's effect is
+  ``E·min(Σ y, T)``, so once g − 1 members are active the last one adds nothing (each member is
+  redundant given the others). The second difference is ≤ 0 on every input. (A pure "each
+  alone saturates" OR of three or more co-active members has Δ = 0 at the full coalition:
+  ablating two leaves a third that still saturates the unit. Saturating at g − 1 makes every
+  pair of the group substitutes.)
+
+For gated MLPs (LLaMA, Mistral, Qwen2), which have no biases, the offset is carried by the mean
+direction c of the MLP input, whose projection is nearly constant over tokens (its coefficient
+of variation is recorded): ``gate = s·(A·x − (A·μ + t)·(c·x)/m)``, ``up = (c·x)/m``.
+
+The reference model for ablation is the unplanted one: ``hedonic collect OUT/model --reference
+ORIGINAL`` (``ORIGINAL`` is recorded in the ground truth) ablates a planted neuron back to the
+neuron it replaced. Every other neuron equals its reference, so under reference ablation its
+φ_PAS is exactly 0. Planting on a model with a LoRA adapter writes the unplanted merged model
+as ``OUT/original`` and records it as the reference.
+
+The ground truth (``OUT/ground_truth.json``) lists the groups (kind, members, reader, feature,
+thresholds, decoder R²) and, measured on held-out inputs with the full readout, each group's
+mean Δ over its pairs, the fraction of positive pairs, and the mean |Δ| of pairs across groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hedonic_neurons.errors import ConfigError, DataError, ModelError
+
+PLANT_FORMAT = "hedonic-neurons/plant/v1"
+KINDS = ("and", "or")
+FEATURES = ("random", "probe")
+PROBES = ("overlap", "passage_length", "query_length")
+"""Text properties the ``probe`` features are fitted to (per (query, passage) input)."""
+
+MEMBER_SLOPE = 4.0
+"""Slope of a member's pre-activation per standard deviation of its feature."""
+READER_SLOPE = 6.0
+"""Slope of a reader's pre-activation per unit of the decoded group sum."""
+SHARED_RATE = 0.7
+"""Activation rate of the members of a co-active group (at the readout token)."""
+ALL_ACTIVE = 0.5
+"""Independent groups: the rate at which all members are active together (each has 0.5^(1/g))."""
+JITTER = 1.0
+"""Member-specific part of a co-active member's feature (relative to the shared one: the members'
+features then correlate at 0.5)."""
+DELTA_TARGET = 0.15
+"""Each reader's gain is set so that its expected second difference over pairs of its members
+(on the calibration inputs, in units of y) is this (within GAIN_RANGE)."""
+GAIN_RANGE = (0.25, 4.0)
+SHRINK = 0.05
+"""Shrinkage of the decoders' noise covariance towards its mean eigenvalue."""
+FEATURE_RANK = 64
+"""Features live in the span of this many top principal components of the MLP input (at most d/2)."""
+GRADIENT_INPUTS = 64
+"""Calibration inputs whose logit gradients give the readers' output direction."""
+MAX_BIAS_CV = 0.5
+"""Gated MLPs: the largest coefficient of variation of c·x for which c·x can stand in for a bias."""
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+@dataclass
+class Group:
+    """One planted coalition: ``kind`` "and" or "or", members (layer L), reader (layer L + 1)."""
+
+    index: int
+    kind: str
+    members: list[int]
+    reader: int
+    coactive: bool
+    feature: str = "random"
+    rate: float = 0.0
+    threshold: float = 0.0
+    decoder_r2: float = float("nan")
+    member_thresholds: list[float] = field(default_factory=list)
+    member_levels: list[float] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    verified: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def sign(self) -> int:
+        """The sign φ_PAS has within the group: +1 for AND (complements), -1 for OR (substitutes)."""
+        return 1 if self.kind == "and" else -1
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return [(i, j) for a, i in enumerate(self.members) for j in self.members[a + 1 :]]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["size"] = self.size
+        out["expected_sign"] = self.sign
+        return out
+
+
+@dataclass(frozen=True)
+class PlantSpec:
+    """What to plant (see :func:`plant`); :meth:`check` validates what needs no model."""
+
+    layer: int
+    and_groups: int = 8
+    or_groups: int = 4
+    min_size: int = 3
+    max_size: int = 8
+    and_sizes: tuple[int, ...] | None = None
+    or_sizes: tuple[int, ...] | None = None
+    independent: float = 0.5
+    features: str = "random"
+    effect: float = 0.1
+    write: float = 0.02
+    calibration: int = 256
+    verify: int = 16
+    max_length: int = 64
+    batch_size: int = 32
+    seed: int = 0
+
+    def check(self) -> PlantSpec:
+        """One-line :class:`ConfigError` for settings that are wrong whatever the model; self."""
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+            raise ConfigError(f"layer must be an integer, got {self.layer!r}")
+        for name in ("and_groups", "or_groups"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if not 2 <= self.min_size <= self.max_size:
+            raise ConfigError(
+                f"group sizes {self.min_size}-{self.max_size}: expected 2 <= min_size <= max_size"
+            )
+        for name in ("and_sizes", "or_sizes"):
+            sizes = getattr(self, name)
+            if sizes is not None and any(int(s) < 2 for s in sizes):
+                raise ConfigError(f"{name} {list(sizes)}: every group needs at least 2 neurons")
+        ands, ors = self.group_sizes()
+        if not ands and not ors:
+            raise ConfigError("nothing to plant: give at least one AND or OR group")
+        if not 0.0 <= self.independent <= 1.0:
+            raise ConfigError(f"independent must be a fraction in [0, 1], got {self.independent}")
+        if self.features not in FEATURES:
+            raise ConfigError(f"unknown features '{self.features}' (expected one of {', '.join(FEATURES)})")
+        for name in ("effect", "write"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number, got {value}")
+        if self.calibration < 16:
+            raise ConfigError(f"calibration needs at least 16 inputs, got {self.calibration}")
+        if self.verify < 0:
+            raise ConfigError(f"verify must be >= 0 inputs, got {self.verify}")
+        if self.max_length < 8 or self.batch_size < 1:
+            raise ConfigError(
+                f"max_length must be >= 8 and batch_size >= 1, got {self.max_length} and {self.batch_size}"
+            )
+        return self
+
+    def group_sizes(self) -> tuple[list[int], list[int]]:
+        """(AND sizes, OR sizes): explicit lists, or spread evenly over min..max, shuffled by seed."""
+        rng = random.Random(self.seed)
+
+        def spread(count: int) -> list[int]:
+            sizes = [int(v) for v in np.rint(np.linspace(self.min_size, self.max_size, count))]
+            rng.shuffle(sizes)
+            return sizes
+
+        ands = list(map(int, self.and_sizes)) if self.and_sizes is not None else spread(self.and_groups)
+        ors = list(map(int, self.or_sizes)) if self.or_sizes is not None else spread(self.or_groups)
+        return ands, ors
+
+
+# --------------------------------------------------------------------------------- capturing
+
+
+def _score(nm: Any, output: Any, positions: torch.Tensor) -> torch.Tensor:
+    """The model's scalar output per input (classification logit, or the score token's logit)."""
+    logits = output.logits
+    if logits.dim() == 2:
+        return logits[:, 0]
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, positions, int(nm.score_token_id)]
+
+
+@dataclass
+class _Tokens:
+    """Tensors over the non-pad tokens of the calibration batches (float64, CPU)."""
+
+    x: np.ndarray  # (N, d) MLP input at L
+    resid: np.ndarray  # (N, d) residual site at L
+    readout: np.ndarray  # (N,) bool: the token the head reads
+    x_readout: np.ndarray  # (B, d) MLP input at L at each input's readout token (batch order)
+
+
+def _flags(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    flags = torch.zeros_like(mask, dtype=torch.bool)
+    flags[torch.arange(len(positions), device=positions.device), positions] = True
+    return flags
+
+
+def _capture_layer(nm: Any, batches: list[dict[str, torch.Tensor]], layer: int) -> _Tokens:
+    """MLP input and residual at ``layer`` over the non-pad tokens (the forward stops there)."""
+    from hedonic_neurons.models.adapters import mlp_modules
+    from hedonic_neurons.neurons.readout import site_hooks
+    from hedonic_neurons.neurons.recording import hooks, model_inputs, readout_positions, run_forward
+
+    model = nm.model
+    up = mlp_modules(model, layer).up
+    xs, rs, ro, x_ro = [], [], [], []
+    for batch in batches:
+        inputs = model_inputs(batch)
+        mask = inputs["attention_mask"].bool()
+        positions = readout_positions(model, inputs["attention_mask"])
+        store: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), hooks() as hook_set:
+            hook_set.pre(up, lambda module, args, store=store: store.__setitem__("x", args[0]))
+            site_hooks(model, layer, hook_set, store, stop=True)
+            run_forward(model, inputs)
+        rows = torch.arange(len(positions), device=positions.device)
+        xs.append(store["x"][mask].double().cpu())
+        rs.append(store["resid"][mask].double().cpu())
+        ro.append(_flags(mask, positions)[mask].cpu())
+        x_ro.append(store["x"][rows, positions].double().cpu())
+    return _Tokens(
+        x=torch.cat(xs).numpy(),
+        resid=torch.cat(rs).numpy(),
+        readout=torch.cat(ro).numpy(),
+        x_readout=torch.cat(x_ro).numpy(),
+    )
+
+
+def _gradients(
+    nm: Any, batches: list[dict[str, torch.Tensor]], layer: int, limit: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
+    """Mean gradient of the model's logit with respect to the residual after ``layer`` and after
+    ``layer + 1`` at the readout token, over the first ``limit`` inputs; the mean cosine of the
+    per-input gradients with their mean; the logits."""
+    from hedonic_neurons.models.adapters import mlp_modules
+    from hedonic_neurons.neurons.recording import hooks, model_inputs, readout_positions, run_forward
+
+    model = nm.model
+    downs = (mlp_modules(model, layer).down, mlp_modules(model, layer + 1).down)
+    grads: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    logits = []
+    seen = 0
+    for batch in batches:
+        if seen >= limit:
+            break
+        inputs = model_inputs(batch)
+        positions = readout_positions(model, inputs["attention_mask"])
+        eps: list[torch.Tensor] = []
+
+        def add_eps(module: nn.Module, args: Any, output: torch.Tensor, eps: list = eps) -> torch.Tensor:
+            e = torch.zeros_like(output, requires_grad=True)
+            eps.append(e)
+            return output + e
+
+        with torch.enable_grad(), hooks() as hook_set:
+            for down in downs:
+                hook_set.post(down, add_eps)
+            score = _score(nm, run_forward(model, inputs), positions)
+            g_here, g_next = torch.autograd.grad(score.sum(), eps)
+        rows = torch.arange(len(positions), device=positions.device)
+        grads[0].append(g_here[rows, positions].double().cpu())
+        grads[1].append(g_next[rows, positions].double().cpu())
+        logits.append(score.detach().double().cpu())
+        seen += len(positions)
+    gh, gn = torch.cat(grads[0]), torch.cat(grads[1])
+
+    def mean_cos(g: torch.Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(g, g.mean(0)[None], dim=1).mean())
+
+    cosines = {"layer": mean_cos(gh), "next_layer": mean_cos(gn)}
+    return gh.mean(0).numpy(), gn.mean(0).numpy(), cosines, torch.cat(logits).numpy()
+
+
+def _capture_next(
+    nm: Any, batches: list[dict[str, torch.Tensor]], layer: int, members: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(activations of ``members`` at ``layer``, MLP input at ``layer + 1``, readout flags) over
+    the non-pad tokens (the forward stops at the MLP of ``layer + 1``)."""
+    from hedonic_neurons.models.adapters import mlp_modules
+    from hedonic_neurons.neurons.recording import (
+        _StopForward,
+        hooks,
+        model_inputs,
+        readout_positions,
+        run_forward,
+    )
+
+    model = nm.model
+    here, nxt = mlp_modules(model, layer), mlp_modules(model, layer + 1)
+    idx = torch.as_tensor(members, dtype=torch.long)
+    acts, xs, ro = [], [], []
+    for batch in batches:
+        inputs = model_inputs(batch)
+        mask = inputs["attention_mask"].bool()
+        positions = readout_positions(model, inputs["attention_mask"])
+        store: dict[str, torch.Tensor] = {}
+
+        def save_acts(module: nn.Module, args: Any, store: dict = store) -> None:
+            store["a"] = args[0][..., idx.to(args[0].device)]
+
+        def save_next(module: nn.Module, args: Any, store: dict = store) -> None:
+            store["x"] = args[0]
+            raise _StopForward
+
+        with torch.no_grad(), hooks() as hook_set:
+            hook_set.pre(here.down, save_acts)
+            hook_set.pre(nxt.up, save_next)
+            run_forward(model, inputs)
+        acts.append(store["a"][mask].double().cpu())
+        xs.append(store["x"][mask].double().cpu())
+        ro.append(_flags(mask, positions)[mask].cpu())
+    return torch.cat(acts).numpy(), torch.cat(xs).numpy(), torch.cat(ro).numpy()
+
+
+# ------------------------------------------------------------------------------ the geometry
+
+
+def _feature_rows(
+    x: np.ndarray, readout: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Candidate feature directions of the MLP input, best first: (rows (d, m), μ, rank).
+
+    Over the readout tokens, projections ``z = row·(x − μ)`` (μ their mean) have unit variance
+    and are uncorrelated with each other: the rows are whitened directions in the span of the
+    top principal components of the readout tokens' x, orthogonal to μ in whitened coordinates
+    (so ``row·μ = 0``: a gated MLP's stand-in bias then carries only the threshold). They are
+    ordered by how close the *other* tokens stay to μ on them (the eigenvalues of the other
+    tokens' second moment about μ, ascending), so a feature does not fire off the readout token
+    by accident before the readout gate sees it.
+    """
+    xr = x[readout]
+    mu = xr.mean(0)
+    d = x.shape[1]
+    vals, vecs = np.linalg.eigh(np.cov(xr - mu, rowvar=False))
+    k = max(2, min(FEATURE_RANK, d // 2, len(xr) // 4))
+    top_vals, top_vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
+    white = top_vecs / np.sqrt(np.maximum(top_vals, 1e-12))
+    basis = np.eye(k)
+    w_mu = white.T @ mu
+    if np.linalg.norm(w_mu) > 0:
+        q, _ = np.linalg.qr(np.column_stack([w_mu / np.linalg.norm(w_mu), rng.standard_normal((k, k - 1))]))
+        basis = q[:, 1:]
+    rows = white @ basis
+    others = x[~readout]
+    if len(others):
+        wo = (others - mu) @ rows
+        _, u = np.linalg.eigh(wo.T @ wo / len(wo))
+        rows = rows @ u  # ascending: the quietest for the other tokens first
+    return rows, mu, k
+
+
+def _probe_targets(pairs: Sequence[Any]) -> dict[str, np.ndarray]:
+    from hedonic_neurons.data.text import cqtr, terms
+
+    return {
+        "overlap": np.array([cqtr(p.query, p.passage) for p in pairs]),
+        "passage_length": np.array([len(terms(p.passage)) for p in pairs], dtype=float),
+        "query_length": np.array([len(terms(p.query)) for p in pairs], dtype=float),
+    }
+
+
+def _probe_directions(
+    x_readout: np.ndarray, targets: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, float]]:
+    """Ridge probe (alpha by cross-validation) of each property from the readout token's MLP
+    input: its direction (d,) and its cross-validated R²."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import cross_val_score
+
+    out = {}
+    for name, y in targets.items():
+        if np.std(y) == 0:
+            raise DataError(
+                f"probe feature '{name}' is constant over the calibration inputs; use features='random'"
+            )
+        ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(x_readout, y)
+        r2 = cross_val_score(RidgeCV(alphas=[ridge.alpha_]), x_readout, y, cv=4, scoring="r2")
+        out[name] = (np.asarray(ridge.coef_, dtype=np.float64), float(np.mean(r2)))
+    return out
+
+
+def _uses_layernorm(nm: Any, layer: int) -> bool:
+    from hedonic_neurons.models.adapters import mlp_modules
+
+    mods = mlp_modules(nm.model, layer)
+    norm = mods.post_norm if mods.post_norm is not None else mods.mlp_norm
+    return isinstance(norm, nn.LayerNorm)
+
+
+def _quiet_directions(
+    resid: np.ndarray, count: int, layernorm: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """``count`` orthonormal directions (d, count) in the low-variance principal subspace of the
+    residual at the readout token (orthogonal to the all-ones vector under LayerNorm, which
+    removes it), and the largest standard deviation in that subspace."""
+    d = resid.shape[1]
+    cov = np.cov(resid, rowvar=False)
+    start = 0
+    if layernorm:
+        ones = np.ones(d) / math.sqrt(d)
+        proj = np.eye(d) - np.outer(ones, ones)
+        cov = proj @ cov @ proj
+        start = 1  # the all-ones direction has eigenvalue 0 after the projection
+    vals, vecs = np.linalg.eigh(cov)  # ascending
+    room = d - start
+    if count > room:
+        raise ModelError(
+            f"{count} planted neurons need {count} orthogonal output directions, but the residual "
+            f"stream has {room}: plant fewer or smaller groups"
+        )
+    width = min(room, max(2 * count, count + 8))
+    basis = vecs[:, start : start + width]
+    q, _ = np.linalg.qr(rng.standard_normal((width, count)))
+    return basis @ q, float(np.sqrt(max(vals[start + width - 1], 0.0)))
+
+
+def _ridge(
+    x: np.ndarray, y: np.ndarray, weights: np.ndarray, *, intercept: bool = True, alpha: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ridge from ``x`` (N, d) to ``y`` (N, G): (coef (G, d), intercept (G,)); ``alpha``
+    is relative to the mean eigenvalue of the weighted Gram matrix."""
+    w = weights / weights.sum()
+    mx = w @ x if intercept else np.zeros(x.shape[1])
+    my = w @ y if intercept else np.zeros(y.shape[1])
+    xc, yc = x - mx, y - my
+    sw = np.sqrt(w)[:, None]
+    gram = (xc * sw).T @ (xc * sw)
+    lam = alpha * np.trace(gram) / len(gram)
+    coef = np.linalg.solve(gram + lam * np.eye(len(gram)), (xc * sw).T @ (yc * sw)).T
+    return coef, my - coef @ mx
+
+
+def _weights(readout: np.ndarray) -> np.ndarray:
+    """Sample weights giving the readout tokens and the other tokens half the total each."""
+    if readout.all():
+        return np.full(len(readout), 1.0 / len(readout))
+    return np.where(readout, 0.5 / readout.sum(), 0.5 / (~readout).sum())
+
+
+def _indicator(x: np.ndarray, readout: np.ndarray, gated: bool) -> tuple[np.ndarray, float, dict[str, float]]:
+    """A linear indicator of the readout token, ``ind(x) = q·x + b`` (1 on average at the readout
+    token, 0 elsewhere): Fisher's discriminant for ungated MLPs; for gated MLPs, which have no
+    bias, a weighted least-squares fit through the origin. Returns (q, b, its spread)."""
+    if readout.all():
+        raise ModelError("every token is a readout token: the readout gate has nothing to tell apart")
+    if gated:
+        coef, _ = _ridge(x, readout.astype(float)[:, None], _weights(readout), intercept=False)
+        q, b = coef[0], 0.0
+    else:
+        mu1, mu0 = x[readout].mean(0), x[~readout].mean(0)
+        within = np.cov(np.concatenate([x[readout] - mu1, x[~readout] - mu0]), rowvar=False)
+        within += 1e-6 * np.trace(within) / len(within) * np.eye(len(within))
+        q = np.linalg.solve(within, mu1 - mu0)
+        s1, s0 = float((x[readout] @ q).mean()), float((x[~readout] @ q).mean())
+        q, b = q / (s1 - s0), -s0 / (s1 - s0)
+    ind = x @ q + b
+    info = {
+        "readout_mean": float(ind[readout].mean()),
+        "readout_std": float(ind[readout].std()),
+        "other_max": float(ind[~readout].max()),
+        "other_std": float(ind[~readout].std()),
+    }
+    if info["other_max"] > 0.5:
+        raise ModelError(
+            "the readout token cannot be told apart from the other tokens linearly (an indicator "
+            f"reaches {info['other_max']:.2f} off it): planted units cannot be confined to it"
+        )
+    return q, b, info
+
+
+def _constant(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Gated MLPs: a linear functional ``q`` with ``q·x ≈ 1`` on the rows of ``x`` (least squares
+    through the origin), standing in for a bias; and the coefficient of variation of q·x."""
+    coef, _ = _ridge(x, np.ones((len(x), 1)), np.ones(len(x)), intercept=False)
+    proj = x @ coef[0]
+    cv = float(proj.std() / proj.mean()) if proj.mean() > 0 else math.inf
+    if not cv <= MAX_BIAS_CV:
+        raise ModelError(
+            f"this gated MLP has no bias, and its input at the readout token has no stable direction to "
+            f"stand in for one (coefficient of variation {cv:.2f} > {MAX_BIAS_CV}); plant at another layer"
+        )
+    return coef[0], cv
+
+
+@dataclass
+class _Unit:
+    """What a planted unit computes, ``act(row·x + offset·one(x) + gate·(ind(x) − 1))·mult(x)``:
+
+    ungated MLPs (with a bias): ``one(x) = 1``, ``mult(x) = 1``, and the readout gate is additive
+    (``gate`` large: far below threshold off the readout token); gated MLPs (no bias):
+    ``one(x) = bias_row·x`` ≈ 1 at the readout token, ``mult(x) = ind(x)`` (the up projection
+    reads the readout indicator, so the unit is ~0 off it), ``gate = 0``."""
+
+    row: np.ndarray
+    offset: float
+    column: np.ndarray
+    gate: float = 0.0
+    indicator: tuple[np.ndarray, float] | None = None
+    bias_row: np.ndarray | None = None
+
+    def linear(self) -> tuple[np.ndarray, float, np.ndarray | None]:
+        """(row, bias, up row) of the unit's weights: ungated -> up row/bias (third is None);
+        gated -> gate row (bias 0) and the up row."""
+        q, b = self.indicator if self.indicator is not None else (np.zeros_like(self.row), 1.0)
+        if self.bias_row is None:
+            return self.row + self.gate * q, self.offset + self.gate * (b - 1.0), None
+        return self.row + self.offset * self.bias_row, 0.0, q
+
+    def activations(self, x: np.ndarray, act: Any) -> np.ndarray:
+        row, bias, up = self.linear()
+        pre = act(torch.as_tensor(x @ row + bias))
+        return (pre if up is None else pre * torch.as_tensor(x @ up)).numpy()
+
+
+def _set_unit(mods: Any, neuron: int, unit: _Unit) -> None:
+    """Weight surgery: neuron ``neuron`` of the MLP ``mods`` computes ``unit``."""
+    from hedonic_neurons.models.adapters import linear_weight
+
+    conv = mods.spec.conv1d
+    ref = mods.down.weight
+    row, bias, up_row = unit.linear()
+
+    def t(v: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(v, dtype=ref.dtype, device=ref.device)
+
+    with torch.no_grad():
+        up = linear_weight(mods.up, conv)
+        if mods.gate is None:
+            if up_row is not None or mods.up.bias is None:
+                raise ModelError("an ungated MLP without a bias cannot hold a thresholded unit")
+            up[neuron] = t(row)
+            mods.up.bias[neuron] = float(bias)
+        else:
+            if up_row is None:
+                raise ModelError("a gated MLP unit needs a bias row and an up row")
+            linear_weight(mods.gate, conv)[neuron] = t(row)
+            up[neuron] = t(up_row)
+            for proj in (mods.gate, mods.up):
+                if proj.bias is not None:
+                    proj.bias[neuron] = 0.0
+        linear_weight(mods.down, conv)[:, neuron] = t(unit.column)
+
+
+def _second_difference(y: np.ndarray, threshold: float, act: Any) -> float:
+    """Mean over inputs and member pairs of R(Y) − R(Y − y_i) − R(Y − y_j) + R(Y − y_i − y_j), with
+    ``y`` (inputs, g) the members' activations in units of their level, Y their sum and
+    R(u) = act(READER_SLOPE·(u − threshold)) / READER_SLOPE the reader: the reader-level Δ."""
+
+    def reader(u: np.ndarray) -> np.ndarray:
+        return act(torch.as_tensor(READER_SLOPE * (u - threshold))).numpy() / READER_SLOPE
+
+    total = y.sum(1)
+    g = y.shape[1]
+    base = reader(total)
+    singles = [reader(total - y[:, i]) for i in range(g)]
+    vals = [
+        base - singles[i] - singles[j] + reader(total - y[:, i] - y[:, j])
+        for i in range(g)
+        for j in range(i + 1, g)
+    ]
+    return float(np.mean(vals))
+
+
+def _gate_strength(pre: np.ndarray, ind: np.ndarray, readout: np.ndarray, floor: float = 4.0) -> float:
+    """The additive gate κ that keeps ``pre + κ·(ind − 1)`` at least 2 below zero on every other
+    token (``pre`` in units of the unit's threshold scale)."""
+    others = ~readout
+    if not others.any():
+        return floor
+    need = (pre[others] + 2.0) / np.maximum(1.0 - ind[others], 1e-3)
+    return float(max(floor, need.max()))
+
+
+def _write_images(
+    nm: Any,
+    batches: list[dict[str, torch.Tensor]],
+    layer: int,
+    directions: np.ndarray,
+    scale: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """How writing ``directions`` (d, P) into the residual at ``layer``'s readout token moves the
+    MLP input of ``layer + 1`` there: (images (P, d) per unit written, the unperturbed MLP input
+    at ``layer + 1`` (B, d), R² of the linear fit).
+
+    Random-sign probing: every input gets ``±scale`` along every direction at once (Rademacher
+    signs S, (B, P)); the difference of the + and − passes, regressed on S, gives each
+    direction's image averaged over the inputs (even-order terms cancel)."""
+    from hedonic_neurons.models.adapters import mlp_modules
+    from hedonic_neurons.neurons.recording import (
+        _StopForward,
+        hooks,
+        model_inputs,
+        readout_positions,
+        run_forward,
+    )
+
+    model = nm.model
+    here, nxt = mlp_modules(model, layer), mlp_modules(model, layer + 1)
+    n_inputs = sum(int(b["attention_mask"].shape[0]) for b in batches)
+    signs = rng.choice([-1.0, 1.0], size=(n_inputs, directions.shape[1]))
+    out: dict[float, list[np.ndarray]] = {1.0: [], -1.0: [], 0.0: []}
+    for sign in out:
+        start = 0
+        for batch in batches:
+            inputs = model_inputs(batch)
+            positions = readout_positions(model, inputs["attention_mask"])
+            rows = torch.arange(len(positions), device=positions.device)
+            ref = here.down.weight
+            push = torch.as_tensor(
+                sign * scale * signs[start : start + len(positions)] @ directions.T,
+                dtype=ref.dtype,
+                device=ref.device,
+            )
+            start += len(positions)
+            store: dict[str, torch.Tensor] = {}
+
+            def perturb(
+                module: nn.Module,
+                args: Any,
+                output: torch.Tensor,
+                push: torch.Tensor = push,
+                rows=rows,
+                positions=positions,
+            ) -> torch.Tensor:
+                output = output.clone()
+                output[rows, positions] += push
+                return output
+
+            def save(
+                module: nn.Module, args: Any, store: dict = store, rows=rows, positions=positions
+            ) -> None:
+                store["x"] = args[0][rows, positions]
+                raise _StopForward
+
+            with torch.no_grad(), hooks() as hook_set:
+                if sign:
+                    hook_set.post(here.down, perturb)
+                hook_set.pre(nxt.up, save)
+                run_forward(model, inputs)
+            out[sign].append(store["x"].double().cpu().numpy())
+    plus, minus, base = (np.concatenate(out[s]) for s in (1.0, -1.0, 0.0))
+    diff = (plus - minus) / (2.0 * scale)
+    images, *_ = np.linalg.lstsq(signs, diff, rcond=None)
+    fit = signs @ images
+    r2 = 1.0 - float(((diff - fit) ** 2).sum() / max(((diff - diff.mean(0)) ** 2).sum(), 1e-300))
+    return images, base, r2
+
+
+# -------------------------------------------------------------------------------------- plant
+
+
+@dataclass
+class PlantResult:
+    """What :func:`plant` wrote: the planted checkpoint, the ground truth, and its contents."""
+
+    model_dir: Path
+    ground_truth_path: Path
+    reference: str
+    ground_truth: dict[str, Any]
+
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        return self.ground_truth["groups"]
+
+
+def _check_against(nm: Any, spec: PlantSpec) -> int:
+    """The planting layer as a non-negative index; one-line errors for what does not fit the model."""
+    total = int(nm.n_layers)
+    layer = spec.layer + total if spec.layer < 0 else spec.layer
+    if not 0 <= layer < total:
+        raise ModelError(
+            f"layer {spec.layer} is out of range: this model has {total} layers (0..{total - 1})"
+        )
+    if layer + 1 >= total:
+        raise ModelError(
+            f"layer {spec.layer} is the last layer, and the readers go to the next one: plant at 0..{total - 2}"
+        )
+    n = int(nm.n_neurons)
+    sizes = [s for part in spec.group_sizes() for s in part]
+    if max(sizes) > n:
+        raise ModelError(f"a group of {max(sizes)} neurons is larger than the layer ({n} neurons)")
+    if sum(sizes) > n:
+        raise ModelError(
+            f"the groups need {sum(sizes)} neurons in total, but layer {layer} has {n}: plant fewer or smaller groups"
+        )
+    if len(sizes) > n:
+        raise ModelError(
+            f"{len(sizes)} groups need {len(sizes)} readers, but layer {layer + 1} has {n} neurons"
+        )
+    return layer
+
+
+def _make_groups(spec: PlantSpec, n: int, rng: np.random.Generator) -> list[Group]:
+    and_sizes, or_sizes = spec.group_sizes()
+    sizes = and_sizes + or_sizes
+    members = rng.choice(n, size=sum(sizes), replace=False).tolist()
+    readers = rng.choice(n, size=len(sizes), replace=False).tolist()
+    n_independent = round(spec.independent * len(and_sizes))
+    independent = set(rng.choice(len(and_sizes), size=n_independent, replace=False).tolist())
+    groups, start = [], 0
+    for index, size in enumerate(sizes):
+        kind = "and" if index < len(and_sizes) else "or"
+        groups.append(
+            Group(
+                index=index,
+                kind=kind,
+                members=sorted(int(i) for i in members[start : start + size]),
+                reader=int(readers[index]),
+                coactive=not (kind == "and" and index in independent),
+            )
+        )
+        start += size
+    return groups
+
+
+def plant_model(
+    nm: Any,
+    spec: PlantSpec,
+    calibration_pairs: Sequence[Any],
+    verify_pairs: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Plant ``spec``'s groups into ``nm.model`` in place and return the ground truth (a JSON-safe
+    dict: groups, calibration, verification).
+
+    ``nm``: a :class:`~hedonic_neurons.models.NeuronModel` (or anything with ``model``,
+    ``tokenizer``, ``input_format``, ``n_layers``, ``n_neurons``, ``score_token_id``), float32.
+    ``calibration_pairs`` build the construction; ``verify_pairs`` (held out) measure Δ.
+    """
+    from hedonic_neurons.models.adapters import mlp_modules, mlp_weights
+
+    spec.check()
+    layer = _check_against(nm, spec)
+    rng = np.random.default_rng(spec.seed)
+    groups = _make_groups(spec, int(nm.n_neurons), rng)
+    fmt = dataclasses.replace(nm.input_format, max_length=min(spec.max_length, nm.input_format.max_length))
+    batches, order = _batches(nm, fmt, calibration_pairs, spec.batch_size)
+    reference = _copy_weights(mlp_weights(nm.model, layer))
+    act = reference.act
+    gated = reference.gate is not None
+
+    tok = _capture_layer(nm, batches, layer)
+    grad_here, grad_next, grad_cos, logits = _gradients(nm, batches, layer, GRADIENT_INPUTS)
+    logit_std = float(logits.std())
+    if not logit_std > 0:
+        raise ModelError(
+            "the model's output does not vary over the calibration inputs; cannot scale the effect"
+        )
+    effect = spec.effect * logit_std
+    x, ro = tok.x, tok.readout
+    info: dict[str, Any] = {
+        "inputs": len(calibration_pairs),
+        "tokens": len(x),
+        "max_length": fmt.max_length,
+        "logit_std": logit_std,
+        "effect_logit": effect,
+        "gradient_inputs": len(logits),
+        "gradient_cosine": grad_cos,
+    }
+
+    # --- member features: rows a with z = a·(x − μ) of unit variance at the readout token
+    rows_all, mu, rank = _feature_rows(x, ro, rng)
+    probes: dict[str, tuple[np.ndarray, float]] = {}
+    if spec.features == "probe":
+        in_order = [calibration_pairs[i] for i in order]  # the order of tok.x_readout
+        probes = _probe_directions(tok.x_readout, _probe_targets(in_order))
+    need = sum(1 if g.coactive and not probes else (0 if g.coactive else g.size) for g in groups)
+    if need > rows_all.shape[1]:
+        raise ModelError(
+            f"the groups need {need} independent features, but layer {layer}'s input offers "
+            f"{rows_all.shape[1]} (rank {rank}): plant fewer co-active or smaller independent groups"
+        )
+    spare = rows_all[:, need:] if rows_all.shape[1] > need else rows_all
+    feature_rows: dict[int, np.ndarray] = {}
+    col = shared_probe = 0
+    for g in groups:
+        if g.coactive:
+            if probes:
+                name = PROBES[shared_probe % len(PROBES)]
+                shared_probe += 1
+                base = probes[name][0]
+                g.feature = f"probe:{name}"
+                g.calibration["probe_cv_r2"] = probes[name][1]
+            else:
+                base = rows_all[:, col]
+                col += 1
+            base = base / np.std((x[ro] - mu) @ base)
+            for i in g.members:
+                jitter = spare @ rng.standard_normal(spare.shape[1])
+                feature_rows[i] = base + JITTER * jitter / np.std((x[ro] - mu) @ jitter)
+            g.rate = SHARED_RATE
+        else:
+            for i in g.members:
+                feature_rows[i] = rows_all[:, col]
+                col += 1
+            g.rate = ALL_ACTIVE ** (1.0 / g.size)
+    info["features"] = {"kind": spec.features, "rank": rank, "used": col}
+
+    # --- the readout gate and (gated MLPs) the stand-in bias at this layer
+    ind_here = _indicator(x, ro, gated)
+    info["readout_gate_layer"] = ind_here[2]
+    ind_x = x @ ind_here[0] + ind_here[1]
+    bias_here = None
+    if gated:
+        bias_here, cv = _constant(x[ro])
+        info["bias_cv_layer"] = cv
+
+    # --- members: thresholded units writing fresh orthonormal directions at the readout token
+    layernorm = _uses_layernorm(nm, layer)
+    n_members = sum(g.size for g in groups)
+    quiet, quiet_std = _quiet_directions(tok.resid[ro], n_members, layernorm, rng)
+    resid_norm = float(np.median(np.linalg.norm(tok.resid[ro], axis=1)))
+    write = spec.write * resid_norm
+    direct = effect / np.linalg.norm(grad_here)  # OR members: logit per unit of y, written at layer
+    dir_here = grad_here / np.linalg.norm(grad_here)
+    info.update(residual_norm=resid_norm, write_norm=write, quiet_std=quiet_std, direct_gain=direct)
+    here = mlp_modules(nm.model, layer)
+    units: dict[int, _Unit] = {}
+    y_ro: dict[int, np.ndarray] = {}  # member -> its y = a / level at the readout tokens
+    member_noise = []
+    for g in groups:
+        for i in g.members:
+            a = feature_rows[i] / np.std((x[ro] - mu) @ feature_rows[i])
+            z = (x - mu) @ a
+            t = float(np.quantile(z[ro], 1.0 - g.rate))
+            unit = _Unit(row=MEMBER_SLOPE * a, offset=-MEMBER_SLOPE * (float(a @ mu) + t), column=np.zeros(0))
+            if gated:
+                unit.bias_row, unit.indicator = bias_here, ind_here[:2]
+            else:
+                unit.indicator = ind_here[:2]
+                unit.gate = MEMBER_SLOPE * _gate_strength(z - t, ind_x, ro)
+                member_noise.append(unit.gate / MEMBER_SLOPE * ind_here[2]["readout_std"])
+            acts = unit.activations(x, act)
+            on = ro & (z > t)
+            level = float(acts[on].mean()) if on.any() else float(acts[ro].max())
+            units[i], y_ro[i] = unit, acts[ro] / level
+            g.member_thresholds.append(t)
+            g.member_levels.append(level)
+    if member_noise:
+        info["readout_gate_layer"]["threshold_noise_max"] = float(max(member_noise))
+    # per-group gains: the expected second difference of the reader over its members' pairs
+    # (from the calibration sums) is brought to DELTA_TARGET, within GAIN_RANGE
+    reader_act = mlp_weights(nm.model, layer + 1).act
+    for g in groups:
+        g.threshold = g.size - 0.5
+        spread = _second_difference(np.stack([y_ro[i] for i in g.members], 1), g.threshold, reader_act)
+        g.calibration.update(second_difference=spread)
+        g.calibration["gain"] = float(np.clip(DELTA_TARGET / max(spread, 1e-12), *GAIN_RANGE))
+    slot = 0
+    for g in groups:
+        for i in g.members:
+            unit = units[i]
+            lift = direct * g.calibration["gain"] * dir_here if g.kind == "or" else 0.0
+            unit.column = (write * quiet[:, slot] + lift) / g.member_levels[g.members.index(i)]
+            slot += 1
+            _set_unit(here, i, unit)
+
+    # --- readers: a minimum-variance unbiased decoder of each group's sum at layer + 1
+    planted = [i for g in groups for i in g.members]
+    probe_dirs = np.column_stack([quiet, dir_here])
+    images, x0, image_r2 = _write_images(nm, batches, layer, probe_dirs, write, rng)
+    gain_of = {i: (g.calibration["gain"] if g.kind == "or" else 0.0) for g in groups for i in g.members}
+    per_y = np.stack(  # (P, d): the image of one unit of y_i
+        [write * images[k] + direct * gain_of[i] * images[-1] for k, i in enumerate(planted)]
+    )
+    where = {i: p for p, i in enumerate(planted)}
+    acts_after, x_next, ro_next = _capture_next(nm, batches, layer, planted)
+    level_of = {i: lv for g in groups for i, lv in zip(g.members, g.member_levels)}
+    y = acts_after / np.array([level_of[i] for i in planted])
+    # noise model of the decoders: the unperturbed readout tokens, and the other tokens about the
+    # readout mean (so that the decoded sum stays bounded off the readout token, where the gate
+    # has to hold it down); shrunk towards its mean eigenvalue
+    centre = x0.mean(0)
+    others = x_next[~ro_next] - centre
+    noise = 0.5 * np.cov(x0, rowvar=False) + (0.5 * others.T @ others / len(others) if len(others) else 0.0)
+    noise = (1 - SHRINK) * noise + SHRINK * np.trace(noise) / len(noise) * np.eye(len(noise))
+    solved = np.linalg.solve(noise, per_y.T)  # Σ⁻¹ Φᵀ (d, P)
+    decoder = np.linalg.solve(per_y @ solved, solved.T)  # (P, d): decoder @ Φᵀ = I
+    # the readout gate reads nothing the members write (orthogonal to their images)
+    basis, _ = np.linalg.qr(per_y.T)
+    ind_next = _indicator(x_next - (x_next @ basis) @ basis.T, ro_next, gated)
+    q_next = ind_next[0] - basis @ (basis.T @ ind_next[0])
+    ind_next = (q_next, ind_next[1], ind_next[2])
+    ind_nx = x_next @ ind_next[0] + ind_next[1]
+    one_next = None
+    if gated:
+        one_next, cv_next = _constant(x_next[ro_next] - (x_next[ro_next] @ basis) @ basis.T)
+        one_next = one_next - basis @ (basis.T @ one_next)
+        info["bias_cv_next_layer"] = cv_next
+    info.update(image_r2=image_r2, readout_gate_next_layer=ind_next[2])
+    reader_gain = effect / np.linalg.norm(grad_next)
+    dir_next = grad_next / np.linalg.norm(grad_next)
+    info["reader_gain"] = reader_gain
+    nxt = mlp_modules(nm.model, layer + 1)
+    reader_noise = []
+    for g in groups:
+        row_g = decoder[[where[i] for i in g.members]].sum(0)
+        b_g = -float((x0 @ row_g).mean())
+        truth = y[:, [where[i] for i in g.members]].sum(1)
+        # recalibrate slope and offset on the planted model (the norms make the images shrink
+        # a little when many members write at once)
+        raw = x_next[ro_next] @ row_g + b_g
+        slope, shift = np.polyfit(raw, truth[ro_next], 1)
+        row_g, b_g = slope * row_g, float(slope * b_g + shift)
+        decoded = x_next @ row_g + b_g
+        resid = truth[ro_next] - decoded[ro_next]
+        g.decoder_r2 = float(1.0 - resid.var() / max(truth[ro_next].var(), 1e-300))
+        unit = _Unit(
+            row=READER_SLOPE * row_g,
+            offset=READER_SLOPE * (b_g - g.threshold),
+            column=g.sign * g.calibration["gain"] * reader_gain * dir_next / READER_SLOPE,
+        )
+        if gated:
+            unit.bias_row, unit.indicator = one_next, ind_next[:2]
+        else:
+            unit.indicator = ind_next[:2]
+            unit.gate = READER_SLOPE * _gate_strength(decoded - g.threshold, ind_nx, ro_next)
+            reader_noise.append(unit.gate / READER_SLOPE * ind_next[2]["readout_std"])
+        _set_unit(nxt, g.reader, unit)
+        active = y[:, [where[i] for i in g.members]] > 0.5
+        g.calibration.update(
+            decoder_bias=float(resid.mean()),
+            decoder_noise=float(resid.std()),
+            all_active_rate=float(active[ro_next].all(1).mean()),
+            member_rate=float(active[ro_next].mean()),
+            member_rate_other_tokens=float(active[~ro_next].mean()) if (~ro_next).any() else 0.0,
+            reader_on_rate=float((decoded[ro_next] > g.threshold).mean()),
+        )
+    if reader_noise:
+        info["readout_gate_next_layer"]["threshold_noise_max"] = float(max(reader_noise))
+
+    verification = (
+        _verify(nm, fmt, verify_pairs, layer, reference, groups, spec.seed, spec.batch_size)
+        if verify_pairs
+        else {}
+    )
+    return {
+        "layer": layer,
+        "reader_layer": layer + 1,
+        "n_neurons": int(nm.n_neurons),
+        "groups": [g.to_dict() for g in groups],
+        "changed": {str(layer): sorted(planted), str(layer + 1): sorted(g.reader for g in groups)},
+        "settings": dataclasses.asdict(spec),
+        "constants": {
+            "member_slope": MEMBER_SLOPE,
+            "reader_slope": READER_SLOPE,
+            "shared_rate": SHARED_RATE,
+            "all_active": ALL_ACTIVE,
+            "jitter": JITTER,
+        },
+        "calibration": info,
+        "verification": verification,
+    }
+
+
+def _copy_weights(w: Any) -> Any:
+    from hedonic_neurons.models.adapters import MLPWeights
+
+    def c(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().clone()
+
+    return MLPWeights(
+        up=c(w.up),
+        down=c(w.down),
+        act=w.act,
+        gate=c(w.gate),
+        up_bias=c(w.up_bias),
+        gate_bias=c(w.gate_bias),
+        down_bias=c(w.down_bias),
+    )
+
+
+def _batches(
+    nm: Any, fmt: Any, pairs: Sequence[Any], batch_size: int
+) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """Encoded batches (pairs sorted by length, so little padding) on the model's device, and the
+    order of the pairs in them."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].query) + len(pairs[i].passage))
+    device = next(nm.model.parameters()).device
+    out = []
+    for s in range(0, len(order), batch_size):
+        chunk = [pairs[i] for i in order[s : s + batch_size]]
+        enc = fmt.encode(nm.tokenizer, [p.query for p in chunk], [p.passage for p in chunk])
+        out.append({k: v.to(device) for k, v in enc.items()})
+    return out, order
+
+
+def pair_deltas(
+    nm: Any,
+    batches: Sequence[dict[str, torch.Tensor]],
+    layer: int,
+    reference: Any,
+    pairs: Sequence[tuple[int, int]],
+    *,
+    readout: str = "full",
+) -> np.ndarray:
+    """E_x[Δ_ij] = E[ℓ − ℓ_{−i} − ℓ_{−j} + ℓ_{−ij}] for each pair, by batched ablation to the
+    ``reference`` weights (method A4's sign: positive = complements)."""
+    from hedonic_neurons.neurons.ablation import ablation_logits
+
+    singles = sorted({int(i) for p in pairs for i in p})
+    pos = {i: 1 + k for k, i in enumerate(singles)}
+    sets = [[], *[[i] for i in singles], *[[int(i), int(j)] for i, j in pairs]]
+    sums = np.zeros(len(pairs))
+    count = 0
+    for batch in batches:
+        logits = ablation_logits(
+            nm.model,
+            batch,
+            layer,
+            sets,
+            mode="reference",
+            reference=reference,
+            readout=readout,
+            score_token_id=nm.score_token_id,
+            max_batch=1024,
+        )
+        logits = logits.double().cpu().numpy()
+        for p, (i, j) in enumerate(pairs):
+            sums[p] += (logits[0] - logits[pos[i]] - logits[pos[j]] + logits[1 + len(singles) + p]).sum()
+        count += logits.shape[1]
+    return sums / max(count, 1)
+
+
+def _verify(
+    nm: Any,
+    fmt: Any,
+    pairs: Sequence[Any],
+    layer: int,
+    reference: Any,
+    groups: list[Group],
+    seed: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Δ_ij under the full readout on held-out inputs: every pair within a group, and a sample of
+    pairs across groups (two per group)."""
+    rng = random.Random(seed + 1)
+    within = [p for g in groups for p in g.pairs()]
+    cross = [
+        (rng.choice(a.members), rng.choice(b.members)) for k, a in enumerate(groups) for b in groups[k + 1 :]
+    ]
+    rng.shuffle(cross)
+    cross = [(min(p), max(p)) for p in cross[: 2 * len(groups)]]
+    batches, _ = _batches(nm, fmt, pairs, batch_size)
+    value = dict(zip(within + cross, pair_deltas(nm, batches, layer, reference, within + cross)))
+    for g in groups:
+        vals = np.array([value[p] for p in g.pairs()])
+        g.verified = {
+            "mean_delta": float(vals.mean()),
+            "min_delta": float(vals.min()),
+            "max_delta": float(vals.max()),
+            "fraction_expected_sign": float((g.sign * vals > 0).mean()),
+        }
+    cross_vals = np.abs([value[p] for p in cross]) if cross else np.zeros(0)
+    return {
+        "inputs": len(pairs),
+        "readout": "full",
+        "ablation": "reference",
+        "within_pairs": len(within),
+        "cross_pairs": len(cross),
+        "cross_mean_abs_delta": float(cross_vals.mean()) if cross else None,
+        "cross_max_abs_delta": float(cross_vals.max()) if cross else None,
+    }
+
+
+def _save_checkpoint(nm: Any, folder: Path) -> None:
+    """``save_pretrained`` of model and tokenizer into ``folder``, atomically (temp folder + rename)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", suffix=".tmp", dir=folder.parent))
+    try:
+        nm.model.save_pretrained(tmp)
+        nm.tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def plant(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    layer: int,
+    and_groups: int = 8,
+    or_groups: int = 4,
+    min_size: int = 3,
+    max_size: int = 8,
+    and_sizes: Sequence[int] | None = None,
+    or_sizes: Sequence[int] | None = None,
+    independent: float = 0.5,
+    features: str = "random",
+    effect: float = 0.1,
+    write: float = 0.02,
+    data: str | os.PathLike = "demo",
+    calibration: int = 256,
+    verify: int = 16,
+    max_length: int = 64,
+    batch_size: int = 32,
+    seed: int = 0,
+    adapter: str | os.PathLike | None = None,
+    head: str = "classification",
+    device: str | None = "cpu",
+) -> PlantResult:
+    """Plant AND and OR coalitions into ``model`` at ``layer`` and write ``out/model`` (the planted
+    checkpoint, model + tokenizer) and ``out/ground_truth.json``.
+
+    ``model``: ``minilm``, ``smollm2``, a local folder or a hub id (any supported architecture),
+    optionally with a LoRA ``adapter`` (merged; the unplanted merged model is then written to
+    ``out/original`` and is the reference). ``layer``: where the members go (0..layers − 2; the
+    readers go to ``layer + 1``). ``and_groups`` / ``or_groups``: how many groups of each kind,
+    sizes spread evenly over ``min_size..max_size`` (shuffled), or given as ``and_sizes`` /
+    ``or_sizes``. ``independent``: the fraction of AND groups whose members read independent
+    features (not co-active); the other AND groups and all OR groups are co-active.
+    ``features``: ``random`` or ``probe`` (co-active groups read ridge probes of text properties).
+    ``effect``: a reader's logit effect per unit, in standard deviations of the calibration
+    logits. ``write``: a member's output norm per unit, as a fraction of the median residual norm.
+    ``data``: calibration inputs (``demo``, a dataset name or a TSV), ``calibration`` of them for
+    the construction and ``verify`` other ones for the measured Δ in the ground truth (0: skip).
+    Bad input (a group larger than the layer, a layer out of range, an unsupported architecture)
+    raises a one-line :class:`~hedonic_neurons.errors.HedonicError`.
+    """
+    from hedonic_neurons.artifacts import provenance, write_json
+    from hedonic_neurons.data import load_pairs
+    from hedonic_neurons.models.loading import load_model
+
+    spec = PlantSpec(
+        layer=layer,
+        and_groups=and_groups,
+        or_groups=or_groups,
+        min_size=min_size,
+        max_size=max_size,
+        and_sizes=None if and_sizes is None else tuple(int(s) for s in and_sizes),
+        or_sizes=None if or_sizes is None else tuple(int(s) for s in or_sizes),
+        independent=independent,
+        features=features,
+        effect=effect,
+        write=write,
+        calibration=calibration,
+        verify=verify,
+        max_length=max_length,
+        batch_size=batch_size,
+        seed=seed,
+    ).check()
+    out = Path(out)
+    pairs = list(load_pairs(data))
+    if len(pairs) < spec.calibration + spec.verify:
+        raise ConfigError(
+            f"{data} has {len(pairs)} (query, passage) pairs; calibration ({spec.calibration}) and "
+            f"verification ({spec.verify}) need {spec.calibration + spec.verify}"
+        )
+    random.Random(spec.seed).shuffle(pairs)
+    nm = load_model(model, adapter=adapter, head=head, device=device)
+    reference = nm.identity["model"]
+    if adapter is not None:
+        _save_checkpoint(nm, out / "original")
+        reference = str((out / "original").resolve())
+    with torch.no_grad():
+        truth = plant_model(
+            nm,
+            spec,
+            pairs[: spec.calibration],
+            pairs[spec.calibration : spec.calibration + spec.verify],
+        )
+    model_dir = out / "model"
+    _save_checkpoint(nm, model_dir)
+    truth = {
+        "format": PLANT_FORMAT,
+        "provenance": provenance(command="plant", model=nm.identity, seed=spec.seed),
+        "model": str(model_dir.resolve()),
+        "source": {"model": nm.identity["model"], "adapter": nm.identity["adapter"], "head": head},
+        "reference": reference,
+        "data": str(data),
+        **truth,
+        "collect": (
+            f"hedonic collect {model_dir} --reference {reference} --layers {truth['layer']} "
+            "--metric pas --readout full"
+        ),
+    }
+    path = write_json(out / "ground_truth.json", truth)
+    return PlantResult(model_dir=model_dir, ground_truth_path=path, reference=reference, ground_truth=truth)
+
+
+def load_ground_truth(path: str | os.PathLike) -> dict[str, Any]:
+    """A ground truth written by :func:`plant` (the JSON file, or the folder that holds it)."""
+    from hedonic_neurons.artifacts import read_json
+    from hedonic_neurons.errors import DataError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "ground_truth.json"
+    doc = read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != PLANT_FORMAT:
+        raise DataError(f"{path}: not a ground truth written by 'hedonic plant' (format {PLANT_FORMAT})")
+    return doc
