@@ -288,7 +288,7 @@ def _phi_stage(stage: str, args: argparse.Namespace, info: dict) -> float:
         if kind == "phi" and "sampling" not in inspect.signature(PACTopCover).parameters:
             info["skipped"] = "PACTopCover has no sampling parameter"
             return float("nan")
-        kw = {"sampling": kind} if kind == "phi" else {}
+        kw = {"sampling": kind, "phi_power": 4.0} if kind == "phi" else {}  # the CLI's default power
         t0 = time.perf_counter()
         est = PACTopCover(random_state=0, **kw).fit(phi)
         seconds = time.perf_counter() - t0
