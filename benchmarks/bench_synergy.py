@@ -9,16 +9,22 @@ dev BM25 top-20 file, and SmolLM2-135M (LLaMA) on a smaller slice:
   taylor; grad-outer;
 - peak memory (ru_maxrss of a fresh process) at 1x and 4x the data (4x = the same batches four
   times, so batch shapes are equal and any growth would come from accumulating state);
-- exact PAS on MiniLM (the tanh pooler path, O(n²·d) tanh evaluations per input) runs on a
+- exact PAS on MiniLM (the tanh pooler path, O(n²·d_p) elementwise work per input) runs on a
   smaller slice (one batch of ``--n-exact`` inputs); its ratio is per input against the main
-  slice's forward time;
+  slice's forward time. Rows: fp64 and fp32 per-pair arithmetic (the cancellation-free form of
+  ``synergy.pas._exact_tanh``), and the direct fp64 evaluation of the four logits of every pair
+  (``_exact_tanh_direct``, the reference: the path before the cancellation-free form);
+- the agreement of the tanh rows with the reference, max |φ − φ_ref| / max |φ_ref| over pairs;
 - the correlation over pairs between taylor and exact PAS on MiniLM.
+
+``--tanh-only`` measures just the MiniLM forward pass (1x) and the tanh rows (1x) with their
+agreement, e.g. ``python benchmarks/bench_synergy.py --tanh-only --n 32 --n-exact 4``.
 
 The reference weights come from a random LoRA adapter on all MLP layers (B scaled so that the
 MLP weights move by a few percent), written to a temporary folder. Every measurement runs in its
 own subprocess. Usage::
 
-    python benchmarks/bench_synergy.py [--n 64] [--n-exact 8] [--n-smol 16] [--layer 3]
+    python benchmarks/bench_synergy.py [--n 64] [--n-exact 8] [--n-smol 16] [--layer 3] [--tanh-only]
 """
 
 from __future__ import annotations
@@ -91,6 +97,10 @@ def one(args: argparse.Namespace) -> dict:
     else:
         mode = kind.removeprefix("pas-")
         dtype = torch.float32 if args.pair_dtype == "float32" else torch.float64
+        if args.tanh == "direct":
+            from hedonic_neurons.synergy import pas
+
+            pas._exact_tanh = pas._exact_tanh_direct  # the reference evaluation (this process only)
         collector = PASCollector(nm, args.layer, CollectSettings(metric="pas", mode=mode), pair_dtype=dtype)
     with torch.no_grad():
         nm.model(**batches[0])  # warm-up (lazy initialisation), not timed
@@ -127,6 +137,7 @@ def measure(
     pair_dtype: str = "float64",
     repeat: int = 1,
     batch_size: int | None = None,
+    tanh: str = "stable",
 ) -> dict:
     cmd = [
         sys.executable,
@@ -149,6 +160,8 @@ def measure(
         pair_dtype,
         "--repeat",
         str(repeat),
+        "--tanh",
+        tanh,
     ]
     if save:
         cmd += ["--save", save]
@@ -172,12 +185,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--b-scale", type=float, default=0.05)
+    parser.add_argument(
+        "--tanh-only", action="store_true", help="only the MiniLM forward pass and the exact tanh rows (1x)"
+    )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default="minilm", help=argparse.SUPPRESS)
     parser.add_argument("--adapter", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     parser.add_argument("--pair-dtype", default="float64", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--tanh", default="stable", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args)))
@@ -206,9 +223,11 @@ def main() -> None:
         mini = make_adapter("minilm", tmp / "minilm-lora", args.b_scale)
         print(f"\nMiniLM, layer {args.layer} (random LoRA adapter, B x {args.b_scale})")
         fwd = {}
-        for mult in (1, 4):
+        for mult in (1,) if args.tanh_only else (1, 4):
             fwd[mult] = measure("forward", "minilm", mini, args.n, args, repeat=mult)
             report(f"minilm forward {mult}x", fwd[mult], fwd[mult])
+            if args.tanh_only:
+                break
             for kind in ("oca", "pas-taylor", "pas-grad-outer"):
                 report(
                     f"minilm {kind} {mult}x",
@@ -216,34 +235,43 @@ def main() -> None:
                     fwd[mult],
                 )
         ne = args.n_exact
-        for mult in (1, 4):
-            save = str(tmp / "exact1.npy") if mult == 1 else ""
-            res = measure("pas-exact", "minilm", mini, ne, args, save=save, repeat=mult, batch_size=ne)
-            report(f"minilm pas-exact (tanh, fp64) {mult}x", res, fwd[1])
-        report(
-            "minilm pas-exact (tanh, fp32) 1x",
-            measure(
+        tanh_rows = [  # (label, pair dtype, evaluation, file of φ)
+            ("tanh, fp32", "float32", "stable", "exact32.npy"),
+            ("tanh, fp64", "float64", "stable", "exact1.npy"),
+            ("tanh, fp64 direct", "float64", "direct", "direct64.npy"),
+        ]
+        for label, pair_dtype, tanh, name in tanh_rows:
+            res = measure(
                 "pas-exact",
                 "minilm",
                 mini,
                 ne,
                 args,
-                save=str(tmp / "exact32.npy"),
-                pair_dtype="float32",
+                save=str(tmp / name),
+                pair_dtype=pair_dtype,
                 batch_size=ne,
-            ),
-            fwd[1],
-        )
+                tanh=tanh,
+            )
+            report(f"minilm pas-exact ({label}) 1x", res, fwd[1])
+        if not args.tanh_only:
+            res = measure("pas-exact", "minilm", mini, ne, args, repeat=4, batch_size=ne)
+            report("minilm pas-exact (tanh, fp64) 4x", res, fwd[1])
+        ref = np.load(tmp / "direct64.npy")
+        top = np.abs(ref).max()
+        for label, _, tanh, name in tanh_rows:
+            if tanh != "direct":
+                rel = np.abs(np.load(tmp / name) - ref).max() / top
+                print(f"agreement ({label} vs fp64 direct): max |phi - phi_ref| / max |phi_ref| = {rel:.2e}")
+        if args.tanh_only:
+            return
         measure("pas-taylor", "minilm", mini, ne, args, save=str(tmp / "taylor.npy"), batch_size=ne)
         exact, taylor = np.load(tmp / "exact1.npy"), np.load(tmp / "taylor.npy")
-        exact32 = np.load(tmp / "exact32.npy")
         iu = np.triu_indices(exact.shape[0], 1)
         corr = np.corrcoef(exact[iu], taylor[iu])[0, 1]
         sign = np.mean(np.sign(exact[iu]) == np.sign(taylor[iu]))
-        rel32 = np.abs(exact32 - exact).max() / np.abs(exact).max()
         print(
             f"taylor vs exact PAS on MiniLM layer {args.layer} ({args.n_exact} inputs, {iu[0].size} pairs): "
-            f"Pearson r = {corr:.4f}, same sign {sign:.3f}; tanh path fp32 vs fp64: max rel. diff {rel32:.2e}"
+            f"Pearson r = {corr:.4f}, same sign {sign:.3f}"
         )
 
         smol = make_adapter("smollm2", tmp / "smol-lora", args.b_scale)

@@ -17,19 +17,3 @@ def shared_ir() -> Path:
     if not (SHARED_IR / "SOURCES.md").is_file():
         pytest.skip(f"research IR data not found at {SHARED_IR} (set HEDONIC_SHARED_IR)")
     return SHARED_IR
-
-
-def headless_chromium(profile: Path, *args: str) -> list[str]:
-    """A headless Chromium command line that never touches the network (this machine has none)."""
-    return [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        *args,
-    ]

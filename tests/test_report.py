@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import headless_chromium
+from browser import headless_chromium
 from hedonic_neurons.evaluate.stats import mean_ci
 from hedonic_neurons.report.build import markdown_table, write_report
 

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import headless_chromium
+from browser import headless_chromium
 from hedonic_neurons.report.sankey import BUNDLE_NAME, drawn_links, sankey_figure, write_sankey
 from hedonic_neurons.tracking import track_layers
 from hedonic_neurons.tracking.run import track_partitions

@@ -300,8 +300,12 @@ class PASCollector:
         settings: CollectSettings,
         *,
         max_elements: int = MAX_ELEMENTS,
-        pair_dtype: torch.dtype = torch.float64,
+        pair_dtype: torch.dtype = torch.float32,
     ) -> None:
+        """``pair_dtype``: precision of the tanh-pooler path's per-pair work (BERT's head; the
+        other heads combine in float64). float32 is exact to about 1e-7 of max|φ| there
+        (the second difference is computed without cancellation, see
+        :func:`~hedonic_neurons.synergy.pas.exact_local_sum`) and 2.5x faster than float64."""
         from hedonic_neurons.neurons import local_head
 
         self.nm, self.layer, self.settings = nm, layer, settings
@@ -538,7 +542,7 @@ def collect(
     checkpoint_every: int = 10,
     progress: bool = True,
     max_elements: int = MAX_ELEMENTS,
-    pair_dtype: torch.dtype = torch.float64,
+    pair_dtype: torch.dtype = torch.float32,
     stop_after: int | None = None,
 ) -> list[Path]:
     """Collect φ of ``layers`` over ``pairs`` and write ``out_dir/phi_layer{L}.safetensors`` (+ .json).
