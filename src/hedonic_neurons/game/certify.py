@@ -87,6 +87,19 @@ class PreparedPartition:
         return prefers(mine, group.size, own, self.size[group.members]).all(axis=1)
 
 
+def _prepared(phi: np.ndarray, coalitions: Any, k: int) -> PreparedPartition:
+    """``coalitions`` as a :class:`PreparedPartition` of (validated) ``phi`` and ``k``."""
+    n = phi.shape[0]
+    if not isinstance(coalitions, PreparedPartition):
+        return PreparedPartition(phi, coalitions, k)
+    if coalitions.n != n or coalitions.k != k:
+        raise ConfigError(
+            f"the prepared partition is for n = {coalitions.n}, k = {coalitions.k}; "
+            f"expected n = {n}, k = {k} (prepare it with the same phi and k)"
+        )
+    return coalitions
+
+
 def prepare_partition(phi: Any, coalitions: Sequence[Sequence[int]], k: int = 2) -> PreparedPartition:
     """``coalitions`` (a partition of 0..n-1) prepared for :func:`certify` on ``phi`` with ``k``."""
     phi = validate_phi(phi)
@@ -122,15 +135,7 @@ def certify(
     delta = check_unit("delta", delta)
     if distribution not in DISTRIBUTIONS:
         raise ConfigError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    if isinstance(coalitions, PreparedPartition):
-        if coalitions.n != n or coalitions.k != k:
-            raise ConfigError(
-                f"the prepared partition is for n = {coalitions.n}, k = {coalitions.k}; "
-                f"expected n = {n}, k = {k} (prepare it with the same phi and k)"
-            )
-        partition = coalitions
-    else:
-        partition = PreparedPartition(phi, coalitions, k)
+    partition = _prepared(phi, coalitions, k)
     rng = np.random.default_rng(random_state)
     everyone = np.arange(n)
     n_blocking = 0
@@ -176,15 +181,7 @@ def is_core_stable(
             f"and is limited to n <= {MAX_BRUTE_FORCE} (use certify() for larger n)"
         )
     k = check_k(k, n)
-    if isinstance(coalitions, PreparedPartition):
-        if coalitions.n != n or coalitions.k != k:
-            raise ConfigError(
-                f"the prepared partition is for n = {coalitions.n}, k = {coalitions.k}; "
-                f"expected n = {n}, k = {k} (prepare it with the same phi and k)"
-            )
-        partition = coalitions
-    else:
-        partition = PreparedPartition(phi, coalitions, k)
+    partition = _prepared(phi, coalitions, k)
     bits = (np.arange(1, 2**n)[:, None] >> np.arange(n)) & 1
     sizes = bits.sum(axis=1)
     members = np.where(bits.astype(bool), np.arange(n), n)
