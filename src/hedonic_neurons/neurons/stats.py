@@ -218,25 +218,34 @@ class Moments:
 
     def cov(self, ddof: int = 1) -> torch.Tensor:
         """Covariance matrix (n, n); ``ddof=1`` (the default, as ``numpy.cov``) divides by N - 1."""
-        count = self._check_count(ddof + 1)
-        mean = self.sum / count
-        centred = self.outer - count * torch.outer(mean, mean)
-        return centred / (count - ddof)
+        return self.cov_rows(slice(None), ddof)
 
     def corr(self) -> torch.Tensor:
         """Pearson correlation matrix (n, n). A neuron with (numerically) zero variance has
         correlation 0 with every neuron, itself included; all other diagonal entries are 1."""
+        return self.corr_rows(slice(None))
+
+    def cov_rows(self, rows: slice, ddof: int = 1) -> torch.Tensor:
+        """Rows ``rows`` of :meth:`cov` (a (len(rows), n) block; nothing n × n is made)."""
+        count = self._check_count(ddof + 1)
+        mean = self.sum / count
+        centred = self.outer[rows] - count * torch.outer(mean[rows], mean)
+        return centred.div_(count - ddof)
+
+    def corr_rows(self, rows: slice) -> torch.Tensor:
+        """Rows ``rows`` of :meth:`corr` (a (len(rows), n) block; nothing n × n is made)."""
         count = self._check_count(2)
-        cov = self.cov(ddof=0)
-        var = cov.diagonal().clamp(min=0)
-        mean_sq = self.outer.diagonal() / count
+        mean = self.sum / count
+        outer_diag = self.outer.diagonal()
+        var = (outer_diag / count - mean * mean).clamp(min=0)
         tol = _ZERO_VAR_EPS_FACTOR * torch.finfo(self.dtype).eps
-        live = var > tol * mean_sq
+        live = var > tol * (outer_diag / count)
         std = torch.where(live, var.sqrt(), torch.ones_like(var))
-        corr = (cov / std[:, None] / std[None, :]).clamp(-1.0, 1.0)
-        corr = corr * (live[:, None] & live[None, :])
-        idx = torch.arange(self.n, device=self.device)
-        corr[idx, idx] = live.to(self.dtype)
+        corr = self.cov_rows(rows, ddof=0)
+        corr.div_(std[rows, None]).div_(std[None, :]).clamp_(-1.0, 1.0)
+        corr.mul_(live[rows, None] & live[None, :])
+        idx = torch.arange(self.n, device=self.device)[rows]
+        corr[torch.arange(idx.numel(), device=self.device), idx] = live[rows].to(self.dtype)
         return corr
 
     def state_dict(self) -> dict[str, torch.Tensor]:

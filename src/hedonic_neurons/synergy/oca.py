@@ -50,7 +50,60 @@ def oca_phi(stats: Any, down: torch.Tensor | np.ndarray, *, statistic: Statistic
 
     ``stats``: a Moments-like object (``corr()`` / ``cov()``) or an (n, n) correlation (or
     covariance) matrix; ``down``: the layer's down projection (d, n), columns W_i.
+
+    From :class:`~hedonic_neurons.neurons.Moments`, φ is formed in blocks of rows
+    (:meth:`~hedonic_neurons.neurons.Moments.corr_rows`, the cosines of those rows' unit columns
+    with all others) straight into the float32 result, in float64, so the memory is the result
+    plus the moments and one block: at n = 14,336 forming ρ and the orthogonality as whole
+    n × n float64 matrices took 10 GB.
     """
+    if statistic not in ("corr", "cov"):
+        raise PhiError(f"unknown OCA statistic '{statistic}' (expected 'corr' or 'cov')")
+    if not hasattr(stats, "corr_rows"):
+        return _oca_phi_dense(stats, down, statistic)
+    w = torch.as_tensor(down).detach()
+    n = int(stats.n)
+    if w.ndim != 2 or w.shape[1] != n:
+        raise PhiError(
+            f"OCA statistics are ({n}, {n}) but the down projection has shape {tuple(w.shape)}; "
+            "expected the same number of neurons (columns)"
+        )
+    device = stats.sum.device
+    w = w.to(device=device, dtype=torch.float64)
+    norms = w.norm(dim=0)
+    unit = w / torch.where(norms > 0, norms, torch.ones_like(norms))
+    phi = torch.empty(n, n, dtype=torch.float32, device=device)
+    step = max(1, BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        mat = stats.corr_rows(rows) if statistic == "corr" else stats.cov_rows(rows)
+        mat = torch.nan_to_num(mat, nan=0.0)
+        mat.mul_(1.0 - (unit[:, rows].T @ unit).abs_())
+        phi[rows] = mat
+    phi = _symmetrise(phi)
+    return phi.cpu().numpy()
+
+
+#: Entries of one float64 block of :func:`oca_phi` (32 MiB).
+BLOCK_ELEMENTS = 1 << 22
+
+
+def _symmetrise(phi: torch.Tensor, tile: int = 1024) -> torch.Tensor:
+    """(φ + φᵀ) / 2 in place, tile by tile, with a zero diagonal."""
+    n = phi.shape[0]
+    for bi in range(0, n, tile):
+        for bj in range(bi, n, tile):
+            upper = phi[bi : bi + tile, bj : bj + tile]
+            lower = phi[bj : bj + tile, bi : bi + tile]
+            avg = 0.5 * (upper + lower.T)
+            upper.copy_(avg)
+            lower.copy_(avg.T)
+    phi.fill_diagonal_(0.0)
+    return phi
+
+
+def _oca_phi_dense(stats: Any, down: torch.Tensor | np.ndarray, statistic: Statistic) -> np.ndarray:
+    """:func:`oca_phi` from a given (n, n) correlation or covariance matrix."""
     mat = _statistic(stats, statistic)
     orth = orthogonality(down).to(mat.device)
     if mat.shape != orth.shape:
