@@ -1,64 +1,74 @@
 """Planted coalitions: a real model with known synergistic neurons, made by weight surgery only.
 
-:func:`plant` loads a model, replaces some neurons of MLP layer ``L`` and one *reader* neuron per
-group at layer ``L + 1``, and writes the modified checkpoint plus a ground-truth JSON. Nothing is
-trained; every weight comes from a short calibration pass over real inputs, so planting takes
-seconds and the construction can be checked exactly.
+:func:`plant` loads a model, replaces some neurons of MLP layer ``L`` (the *members*) and one
+*reader* neuron per group at layer ``L + 1``, and writes the modified checkpoint plus a ground
+truth JSON. Nothing is trained: every weight follows from a calibration pass over real inputs
+(a few forward passes, one backward pass for a logit gradient), so planting takes seconds to
+minutes, and the result is checked on held-out inputs.
 
-The construction, for a group G of g members (neurons of layer L) and its reader (a neuron of
-layer L + 1):
+Everything planted lives at the **readout token** (the token the head reads: CLS for BERT, the
+last token for decoders), because that is where PAS measures the logit: members and readers are
+gated off every other token by a linear readout-token indicator (Fisher's discriminant, or a
+least-squares fit through the origin for gated MLPs, fitted so that the members' own writes do
+not move it). For a group of g members:
 
-* **Members read features.** Member i's pre-activation is ``s·(z_i(x) − t_i)``, where x is the
-  MLP input, ``z_i = A_i·(x − μ)`` a feature of unit variance over the calibration tokens and
-  ``t_i`` its quantile for the activation rate wanted. A feature is a random direction (in the
-  whitened span of the top principal components of x, orthogonal to the mean difference between
-  the readout token and the other tokens, so it is not a position detector) or, with
-  ``features="probe"``, a ridge probe of a text property (query-term overlap, passage length,
-  query length). *Co-active* groups: every member reads the group's feature (with a small
-  member-specific jitter), so members fire together. *Independent* groups: every member reads
-  its own feature; the features are uncorrelated over the calibration tokens, so members are
-  not co-active, and each fires often enough (rate ``0.5^(1/g)``) that all g fire together on
-  about half of the tokens.
-* **Members write fresh directions.** Member i's output column is ``c·v_i / ā_i``: v_i are
-  orthonormal directions from the low-variance principal subspace of the residual stream at L
-  (orthogonal to the all-ones vector for LayerNorm models), ā_i the member's mean activation
-  when active, so ``y_i = a_i / ā_i`` is about 1 when it fires. Different members' outputs are
-  orthogonal.
-* **A thresholded reader sums them.** The reader's input row is a linear decoder of
-  ``Y_G = Σ_{i∈G} y_i`` from the MLP input at L + 1 (weighted ridge regression over the
-  calibration tokens, fitted after the members are in place; its R² is recorded), and its
-  pre-activation is ``s_r·(Ŷ_G − (g − ½))``: with every member at its usual level the reader
-  is on by ½, with one member missing it is below threshold. Its output column writes along
-  the direction that raises the model's logit (the mean gradient of the logit with respect to
-  the residual after L + 1 at the readout token), scaled so that one unit of reader output
-  moves the logit by ``effect`` standard deviations of the calibration logits.
+* **Members read features.** Member i's pre-activation is ``s·(z_i − t_i)`` with
+  ``z_i = a_i·(x − μ)`` a feature of the MLP input x (unit variance over the readout tokens) and
+  ``t_i`` the quantile for the rate wanted. Features are whitened directions in the top principal
+  subspace of x at the readout token, uncorrelated with each other there (ordered so that the
+  other tokens stay near the readout mean on them), or, with ``features="probe"``, ridge probes
+  of text properties (query-term overlap, passage length, query length) for the co-active groups.
+  *Co-active* groups: members read the group's feature plus an equal member-specific part
+  (member features correlate at 0.5; rate 0.7 each). *Independent* groups: each member reads its
+  own feature (uncorrelated; rate 0.5^(1/g), so that all g fire together on about half of the
+  readout tokens had they been binary).
+* **Members write fresh directions.** Member i's output column is ``w·v_i / ā_i``: the v_i are
+  orthonormal directions of the low-variance principal subspace of the residual stream
+  (orthogonal to the all-ones vector under LayerNorm), ā_i the member's mean activation when
+  active, so ``y_i = a_i / ā_i`` is about 1 when it fires; ``w`` is ``write`` times the median
+  residual norm at the readout token.
+* **A thresholded reader sums them.** How a write at layer L appears in the MLP input at
+  L + 1 is measured by random-sign probing (every calibration input gets ±w along all v_i at
+  once; the difference of the + and − passes regressed on the signs gives each image). The
+  reader's input row is the minimum-variance unbiased decoder of ``Y = Σ_{i∈G} y_i`` from those
+  images (generalised least squares against the MLP input's own variation; its R² on the planted
+  model is recorded), and its pre-activation is ``s_r·(Ŷ − (g − ½))``: on by ½ with every
+  member at its level, below threshold with one of them missing. Its output column writes along
+  the mean gradient of the logit with respect to the residual after L + 1 at the readout token.
+  The gain is ``effect`` logit standard deviations per unit of reader output, times a
+  per-group factor (within 1/4..4) that brings the group's expected pairwise second
+  difference at the reader, computed from the calibration sums, to 0.15: co-active groups cross
+  their threshold on fewer inputs than independent ones, and would otherwise be weaker.
 
-* **AND (complements)**: the reader adds ``+E·R(Ŷ_G − T)``, R convex (GELU / SiLU), so the
-  output moves only when (nearly) all members are active. Because R is convex and every
-  member's contribution is non-negative, the second difference
+* **AND (complements)**: the reader adds ``+E·R(Ŷ − T)``, R the MLP's activation (convex where
+  it matters). With R convex and every member's contribution non-negative, the second difference
   ``Δ_ij = ℓ − ℓ_{−i} − ℓ_{−j} + ℓ_{−ij}`` at the reader is ≥ 0 on every input, and > 0 where
-  the ablations cross the threshold.
-* **OR / redundant (substitutes)**: each member also writes ``+E`` per unit of y straight along
-  the logit direction at L, and the reader subtracts ``E·R(Ŷ_G − T)``: the group's effect is
-  ``E·min(Σ y, T)``, so once g − 1 members are active the last one adds nothing (each member is
-  redundant given the others). The second difference is ≤ 0 on every input. (A pure "each
-  alone saturates" OR of three or more co-active members has Δ = 0 at the full coalition:
-  ablating two leaves a third that still saturates the unit. Saturating at g − 1 makes every
-  pair of the group substitutes.)
+  ablating i and j crosses the threshold. The logit sees it through the rest of the model, which
+  is close to linear at these small effects (the default ``effect`` is 0.1 logit std: with
+  larger ones the head's saturation, a concave function of the reader's output, can flip the
+  sign of Δ for groups that overshoot their threshold).
+* **OR / redundant (substitutes)**: each member also writes straight along the logit gradient
+  at L (the same gain per unit of y), and the reader subtracts ``E·R(Ŷ − T)``: the group's
+  effect is ``E·min(Σ y, T)``, so once g − 1 members are active the last adds nothing; Δ_ij ≤ 0
+  on every input. (A pure "each alone saturates" OR of three or more co-active members has
+  Δ = 0 at the full coalition: ablating two leaves a third that still saturates the unit.
+  Saturating at g − 1 makes every pair of the group substitutes.)
 
-For gated MLPs (LLaMA, Mistral, Qwen2), which have no biases, the offset is carried by the mean
-direction c of the MLP input, whose projection is nearly constant over tokens (its coefficient
-of variation is recorded): ``gate = s·(A·x − (A·μ + t)·(c·x)/m)``, ``up = (c·x)/m``.
+Gated MLPs (LLaMA, Mistral, Qwen2) have no biases: the offsets ride on a linear functional that
+is ≈ 1 at the readout token (its coefficient of variation is recorded), and the up projection
+reads the readout indicator, which also gates the unit: ``gate = s·(a·x − t·one(x))``,
+``up = ind(x)``.
 
 The reference model for ablation is the unplanted one: ``hedonic collect OUT/model --reference
-ORIGINAL`` (``ORIGINAL`` is recorded in the ground truth) ablates a planted neuron back to the
-neuron it replaced. Every other neuron equals its reference, so under reference ablation its
-φ_PAS is exactly 0. Planting on a model with a LoRA adapter writes the unplanted merged model
-as ``OUT/original`` and records it as the reference.
+ORIGINAL`` (the command is in the ground truth) ablates a planted neuron back to the neuron it
+replaced. Every other neuron equals its reference, so its φ_PAS under reference ablation is
+exactly 0. Planting on a model with a LoRA adapter writes the unplanted merged model to
+``OUT/original`` and makes it the reference.
 
 The ground truth (``OUT/ground_truth.json``) lists the groups (kind, members, reader, feature,
-thresholds, decoder R²) and, measured on held-out inputs with the full readout, each group's
-mean Δ over its pairs, the fraction of positive pairs, and the mean |Δ| of pairs across groups.
+thresholds, levels, decoder R², gains, calibration rates) and, measured on held-out inputs by
+batched ablation with the full readout, each group's mean, minimum and maximum Δ over its pairs
+and the fraction with the expected sign, and the mean and largest |Δ| of pairs across groups.
 """
 
 from __future__ import annotations
@@ -101,6 +111,7 @@ DELTA_TARGET = 0.15
 """Each reader's gain is set so that its expected second difference over pairs of its members
 (on the calibration inputs, in units of y) is this (within GAIN_RANGE)."""
 GAIN_RANGE = (0.25, 4.0)
+"""Bounds of that per-group factor on the reader's gain."""
 SHRINK = 0.05
 """Shrinkage of the decoders' noise covariance towards its mean eigenvalue."""
 FEATURE_RANK = 64
@@ -108,7 +119,8 @@ FEATURE_RANK = 64
 GRADIENT_INPUTS = 64
 """Calibration inputs whose logit gradients give the readers' output direction."""
 MAX_BIAS_CV = 0.5
-"""Gated MLPs: the largest coefficient of variation of c·x for which c·x can stand in for a bias."""
+"""Gated MLPs: the largest coefficient of variation (at the readout token) of the linear functional
+that stands in for a bias."""
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -444,20 +456,27 @@ def _uses_layernorm(nm: Any, layer: int) -> bool:
 
 
 def _quiet_directions(
-    resid: np.ndarray, count: int, layernorm: bool, rng: np.random.Generator
+    resid: np.ndarray, readout: np.ndarray, count: int, layernorm: bool, rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
     """``count`` orthonormal directions (d, count) in the low-variance principal subspace of the
-    residual at the readout token (orthogonal to the all-ones vector under LayerNorm, which
-    removes it), and the largest standard deviation in that subspace."""
+    residual (orthogonal to the all-ones vector under LayerNorm, which removes it), and the
+    largest standard deviation at the readout token in that subspace.
+
+    The covariance is the readout tokens' plus all tokens' (each scaled to unit trace): a few
+    hundred readout tokens leave most directions of a wide residual with no sample variance at
+    all, and directions that are quiet over all tokens are ones the model does not use much.
+    """
     d = resid.shape[1]
-    cov = np.cov(resid, rowvar=False)
+    cov_ro = np.cov(resid[readout], rowvar=False)
+    cov_all = np.cov(resid, rowvar=False)
+    cov = cov_ro / max(np.trace(cov_ro), 1e-300) + cov_all / max(np.trace(cov_all), 1e-300)
     start = 0
     if layernorm:
         ones = np.ones(d) / math.sqrt(d)
         proj = np.eye(d) - np.outer(ones, ones)
         cov = proj @ cov @ proj
         start = 1  # the all-ones direction has eigenvalue 0 after the projection
-    vals, vecs = np.linalg.eigh(cov)  # ascending
+    _, vecs = np.linalg.eigh(cov)  # ascending
     room = d - start
     if count > room:
         raise ModelError(
@@ -467,7 +486,8 @@ def _quiet_directions(
     width = min(room, max(2 * count, count + 8))
     basis = vecs[:, start : start + width]
     q, _ = np.linalg.qr(rng.standard_normal((width, count)))
-    return basis @ q, float(np.sqrt(max(vals[start + width - 1], 0.0)))
+    spread = np.sqrt(max(float(np.linalg.eigvalsh(basis.T @ cov_ro @ basis)[-1]), 0.0))
+    return basis @ q, float(spread)
 
 
 def _ridge(
@@ -514,12 +534,14 @@ def _indicator(x: np.ndarray, readout: np.ndarray, gated: bool) -> tuple[np.ndar
         "readout_mean": float(ind[readout].mean()),
         "readout_std": float(ind[readout].std()),
         "other_max": float(ind[~readout].max()),
+        "other_p99": float(np.quantile(ind[~readout], 0.99)),
         "other_std": float(ind[~readout].std()),
     }
-    if info["other_max"] > 0.5:
+    if info["other_p99"] > 0.5 or info["readout_std"] > 0.25:
         raise ModelError(
             "the readout token cannot be told apart from the other tokens linearly (an indicator "
-            f"reaches {info['other_max']:.2f} off it): planted units cannot be confined to it"
+            f"with spread {info['readout_std']:.2f} on it reaches {info['other_p99']:.2f} on 1% of the "
+            "other tokens): planted units cannot be confined to it"
         )
     return q, b, info
 
@@ -864,7 +886,7 @@ def plant_model(
     # --- members: thresholded units writing fresh orthonormal directions at the readout token
     layernorm = _uses_layernorm(nm, layer)
     n_members = sum(g.size for g in groups)
-    quiet, quiet_std = _quiet_directions(tok.resid[ro], n_members, layernorm, rng)
+    quiet, quiet_std = _quiet_directions(tok.resid, ro, n_members, layernorm, rng)
     resid_norm = float(np.median(np.linalg.norm(tok.resid[ro], axis=1)))
     write = spec.write * resid_norm
     direct = effect / np.linalg.norm(grad_here)  # OR members: logit per unit of y, written at layer
@@ -1003,6 +1025,8 @@ def plant_model(
             "shared_rate": SHARED_RATE,
             "all_active": ALL_ACTIVE,
             "jitter": JITTER,
+            "delta_target": DELTA_TARGET,
+            "gain_range": list(GAIN_RANGE),
         },
         "calibration": info,
         "verification": verification,
