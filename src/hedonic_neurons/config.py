@@ -93,7 +93,9 @@ class TrackingConfig(_Strict):
     @classmethod
     def _tau_for_absolute_rules(cls, v: float | None, info: Any) -> float | None:
         if v is not None and info.data.get("rule", "null") == "null":
-            raise ValueError("tau applies to the rules 'matching' and 'code'; rule 'null' sets it from the null")
+            raise ValueError(
+                "tau applies to the rules 'matching' and 'code'; rule 'null' sets it from the null"
+            )
         return v
 
 

@@ -150,6 +150,14 @@ def sankey_figure(results: Sequence[Any], *, title: str | None = None):
     per_layer: dict[Any, int] = {}
     for layer, _ in index:
         per_layer[layer] = per_layer.get(layer, 0) + 1
+    # one column per layer (plotly would put a node without incoming links in the first column)
+    columns = sorted(per_layer, key=lambda v: (v is None, v))
+    node_x, node_y, seen = [0.0] * len(labels), [0.0] * len(labels), dict.fromkeys(per_layer, 0)
+    for (layer, _), k in sorted(index.items(), key=lambda kv: (kv[0][0] is None, kv[0][0], kv[0][1])):
+        col = columns.index(layer)
+        node_x[k] = 0.001 + 0.998 * col / max(len(columns) - 1, 1)
+        node_y[k] = 0.001 + 0.998 * (seen[layer] + 0.5) / per_layer[layer]
+        seen[layer] += 1
     rule = docs[0].get("rule", "null") if docs else "null"
     if rule == "null":
         draws = (docs[0].get("null") or {}).get("draws") if docs else None
@@ -167,6 +175,8 @@ def sankey_figure(results: Sequence[Any], *, title: str | None = None):
                 arrangement="snap",
                 node=dict(
                     label=labels,
+                    x=node_x,
+                    y=node_y,
                     customdata=["<br>".join(h) for h in hover],
                     hovertemplate="%{label}<br>%{customdata}<extra></extra>",
                     pad=8,
@@ -203,6 +213,7 @@ def sankey_figure(results: Sequence[Any], *, title: str | None = None):
         height=max(400, 22 * max(per_layer.values(), default=0) + 260),
         xaxis=dict(visible=False),
         yaxis=dict(visible=False),
+        plot_bgcolor="white",
         legend=dict(title=dict(text="label (links)"), x=0.86, y=1),
         showlegend=True,
         annotations=[
