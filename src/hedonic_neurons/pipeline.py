@@ -14,7 +14,7 @@ activations    ``activations/``            pooled (mean) activations of the trai
                                            pairs, E|a| per layer
 partitions     ``partitions/<method>/``    hedonic (one per φ metric) and baseline partitions,
                                            one JSON per seed and layer
-tracking       ``tracking/<method>/``      transitions between adjacent layers, Sankey (seed 0)
+tracking       ``tracking/<method>/``      transitions from each layer to the next h layers against a null, Sankey (seed 0)
 evaluate       ``evaluation.json``         OOD drop, alignment R², ridge R², synergy, certificate
 report         ``report.*``                report.md, results.json, figures/, report.html
 =============  ==========================  ==================================================
