@@ -216,6 +216,48 @@ def ablation_logits(
     return torch.cat(out, 0)
 
 
+def ablation_hooks(
+    hook_set: Any,
+    mods: Any,
+    masks: torch.Tensor,
+    row_masks: torch.Tensor,
+    mode: str,
+    reference: MLPWeights | None,
+    means: torch.Tensor | None,
+) -> None:
+    """Register, on ``hook_set``, the hooks that ablate the neurons of ``row_masks`` at one layer.
+
+    ``mods``: the layer's MLP modules; ``masks`` (sets, n) the neuron sets; ``row_masks`` (rows,
+    1, n) each batch row's set. ``mode="zero"`` / ``"mean"`` replace the masked activations at
+    the down projection's input (``means``: the per-neuron means); ``"reference"`` also adds
+    the masked neurons' output under the ``reference`` weights, computed from the MLP's input
+    for the masked columns only.
+    """
+
+    def replace(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        a = args[0]
+        fill = means.to(a.dtype) if mode == "mean" else a.new_zeros(())
+        return (torch.where(row_masks.to(a.device), fill, a), *args[1:])
+
+    if mode != "reference":
+        hook_set.pre(mods.down, replace)
+        return
+    store: dict[str, torch.Tensor] = {}
+    cols = masks.any(0).nonzero().squeeze(1)
+    sub = _sub_weights(reference, cols, reference.up.dtype)
+    col_masks = row_masks[..., cols].to(sub.up.dtype)
+
+    def reference_acts(module: nn.Module, args: tuple[Any, ...]) -> None:
+        store["a_ref"] = sub.activations(args[0].to(sub.up.dtype)) * col_masks
+
+    def add_reference(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        return output + torch.nn.functional.linear(store.pop("a_ref"), sub.down).to(output.dtype)
+
+    hook_set.pre(mods.up, reference_acts)
+    hook_set.pre(mods.down, replace)
+    hook_set.post(mods.down, add_reference)
+
+
 @torch.no_grad()
 def _ablated_pass(
     model: nn.Module,
@@ -235,29 +277,8 @@ def _ablated_pass(
     rep = {key: _repeat(value, sets, batch_size) for key, value in inputs.items()}
     row_masks = masks.repeat_interleave(batch_size, dim=0)[:, None, :]  # (sets*B, 1, n)
     store: dict[str, torch.Tensor] = {}
-
-    def replace(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        a = args[0]
-        fill = means.to(a.dtype) if mode == "mean" else a.new_zeros(())
-        return (torch.where(row_masks.to(a.device), fill, a), *args[1:])
-
     with hooks() as hook_set:
-        if mode == "reference":
-            cols = masks.any(0).nonzero().squeeze(1)
-            sub = _sub_weights(reference, cols, reference.up.dtype)
-            col_masks = row_masks[..., cols].to(sub.up.dtype)
-
-            def reference_acts(module: nn.Module, args: tuple[Any, ...]) -> None:
-                store["a_ref"] = sub.activations(args[0].to(sub.up.dtype)) * col_masks
-
-            def add_reference(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-                return output + torch.nn.functional.linear(store.pop("a_ref"), sub.down).to(output.dtype)
-
-            hook_set.pre(mods.up, reference_acts)
-            hook_set.pre(mods.down, replace)
-            hook_set.post(mods.down, add_reference)
-        else:
-            hook_set.pre(mods.down, replace)
+        ablation_hooks(hook_set, mods, masks, row_masks, mode, reference, means)
         site_hooks(model, head_layer, hook_set, store)
         if prefix is None:
             run_forward(model, rep)

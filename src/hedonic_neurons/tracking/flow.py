@@ -35,7 +35,7 @@ from hedonic_neurons.neurons.ablation import (
     _prefix_output,
     _repeat,
     _replayed_prefix,
-    _sub_weights,
+    ablation_hooks,
     set_masks,
 )
 from hedonic_neurons.neurons.recording import _StopForward, hf_model, hooks, model_inputs, pool, run_forward
@@ -62,13 +62,7 @@ def _flow_pass(
     rep = {key: _repeat(value, sets, batch_size) for key, value in inputs.items()}
     rep_mask = rep["attention_mask"]
     row_masks = masks.repeat_interleave(batch_size, dim=0)[:, None, :]  # (sets*B, 1, n)
-    store: dict[str, torch.Tensor] = {}
     pooled: dict[int, torch.Tensor] = {}
-
-    def replace(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        a = args[0]
-        fill = means.to(a.dtype) if mode == "mean" else a.new_zeros(())
-        return (torch.where(row_masks.to(a.device), fill, a), *args[1:])
 
     def capture(target: int):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -79,22 +73,7 @@ def _flow_pass(
         return hook
 
     with hooks() as hook_set:
-        if mode == "reference":
-            cols = masks.any(0).nonzero().squeeze(1)
-            sub = _sub_weights(reference, cols, reference.up.dtype)
-            col_masks = row_masks[..., cols].to(sub.up.dtype)
-
-            def reference_acts(module: nn.Module, args: tuple[Any, ...]) -> None:
-                store["a_ref"] = sub.activations(args[0].to(sub.up.dtype)) * col_masks
-
-            def add_reference(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-                return output + torch.nn.functional.linear(store.pop("a_ref"), sub.down).to(output.dtype)
-
-            hook_set.pre(mods.up, reference_acts)
-            hook_set.pre(mods.down, replace)
-            hook_set.post(mods.down, add_reference)
-        else:
-            hook_set.pre(mods.down, replace)
+        ablation_hooks(hook_set, mods, masks, row_masks, mode, reference, means)
         for target in targets:
             hook_set.pre(mlp_modules(model, target).down, capture(target))
         if prefix is None:
