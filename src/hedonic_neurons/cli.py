@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import typer
 
 from hedonic_neurons import __version__
-from hedonic_neurons.errors import HedonicError, HedonicNote
+from hedonic_neurons.errors import HedonicError, HedonicNote, command_line
 
 app = typer.Typer(
     name="hedonic",
@@ -94,7 +94,7 @@ def _usage_line(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Exits 0 on success, 2 (one line on stderr) on bad input or usage, 130 on Ctrl-C."""
     try:
-        with _notes_as_lines():
+        with _notes_as_lines(), command_line():
             code = app(args=argv, prog_name="hedonic", standalone_mode=False)
     except HedonicError as exc:
         typer.echo(f"error: {exc}", err=True)

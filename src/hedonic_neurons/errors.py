@@ -5,6 +5,10 @@ problem and what was expected; the command line prints it as one line on stderr 
 code 2 (no traceback).
 """
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 
 class HedonicError(ValueError):
     """Base class of every user-facing error."""
@@ -35,3 +39,24 @@ class HedonicNote(UserWarning):
 
     Issued with :func:`warnings.warn`; the command line prints it as one ``note:`` line on stderr.
     """
+
+
+# How an error names a parameter: ``adapter=`` from Python, ``--adapter`` from the command line.
+_ON_COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("hedonic_cli", default=False)
+
+
+def arg(name: str) -> str:
+    """The name of parameter ``name`` as the caller wrote it: ``--name-with-dashes`` inside a
+    ``hedonic`` command, ``name=`` from Python. Use it in every error message that tells the user
+    what to pass, so Python users are not told about CLI flags (and vice versa)."""
+    return f"--{name.replace('_', '-')}" if _ON_COMMAND_LINE.get() else f"{name}="
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Inside this block :func:`arg` names parameters as command-line options."""
+    token = _ON_COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _ON_COMMAND_LINE.reset(token)

@@ -346,7 +346,7 @@ def _capture_next(
     the non-pad tokens (the forward stops at the MLP of ``layer + 1``)."""
     from hedonic_neurons.models.adapters import mlp_modules
     from hedonic_neurons.neurons.recording import (
-        _StopForward,
+        StopForward,
         hooks,
         model_inputs,
         readout_positions,
@@ -368,7 +368,7 @@ def _capture_next(
 
         def save_next(module: nn.Module, args: Any, store: dict = store) -> None:
             store["x"] = args[0]
-            raise _StopForward
+            raise StopForward
 
         with torch.no_grad(), hooks() as hook_set:
             hook_set.pre(here.down, save_acts)
@@ -666,7 +666,7 @@ def _write_images(
     direction's image averaged over the inputs (even-order terms cancel)."""
     from hedonic_neurons.models.adapters import mlp_modules
     from hedonic_neurons.neurons.recording import (
-        _StopForward,
+        StopForward,
         hooks,
         model_inputs,
         readout_positions,
@@ -709,7 +709,7 @@ def _write_images(
                 module: nn.Module, args: Any, store: dict = store, rows=rows, positions=positions
             ) -> None:
                 store["x"] = args[0][rows, positions]
-                raise _StopForward
+                raise StopForward
 
             with torch.no_grad(), hooks() as hook_set:
                 if sign:

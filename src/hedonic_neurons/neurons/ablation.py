@@ -41,7 +41,7 @@ from hedonic_neurons.models.adapters import (
 )
 from hedonic_neurons.neurons.readout import local_head, site_hooks
 from hedonic_neurons.neurons.recording import (
-    _StopForward,
+    StopForward,
     hf_model,
     hooks,
     model_inputs,
@@ -104,7 +104,7 @@ def _prefix_output(model: nn.Module, inputs: dict[str, Any], layer: int) -> Any:
 
     def save(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         store["out"] = output
-        raise _StopForward
+        raise StopForward
 
     with hooks() as hook_set:
         hook_set.post(block(model, layer - 1), save)

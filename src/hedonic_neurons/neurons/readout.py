@@ -37,7 +37,7 @@ from hedonic_neurons.models.adapters import (
     n_layers,
 )
 from hedonic_neurons.neurons.recording import (
-    _StopForward,
+    StopForward,
     hf_model,
     hooks,
     model_inputs,
@@ -202,7 +202,7 @@ def site_hooks(
     def save(value: torch.Tensor) -> None:
         store["resid"] = value
         if stop:
-            raise _StopForward
+            raise StopForward
 
     if mods.post_norm is not None:
         hook_set.pre(mods.post_norm, lambda module, args: save(args[0]))

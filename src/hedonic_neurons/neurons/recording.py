@@ -31,7 +31,7 @@ POOLINGS = ("tokens", "mean", "last")
 # shared helpers (also used by readout.py and ablation.py)
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised by a hook to end a forward pass once the needed layer has run."""
 
 
@@ -99,10 +99,10 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_forward(model: nn.Module, inputs: Mapping[str, Any]) -> Any:
-    """``model(**inputs)``; None if a hook stopped the forward early with :class:`_StopForward`."""
+    """``model(**inputs)``; None if a hook stopped the forward early with :class:`StopForward`."""
     try:
         return model(**inputs)
-    except _StopForward:
+    except StopForward:
         return None
 
 
@@ -191,7 +191,7 @@ class Recorder:
             if self.kept:
                 self.kept[layer].append(pooled)
             if last and self.stop_after:
-                raise _StopForward
+                raise StopForward
 
         return hook
 

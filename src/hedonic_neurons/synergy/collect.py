@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from hedonic_neurons.artifacts import atomic_write_bytes, read_json, save_phi, validate_phi
-from hedonic_neurons.errors import ConfigError, DataError, ModelError
+from hedonic_neurons.errors import ConfigError, DataError, ModelError, arg
 from hedonic_neurons.locking import locks_output
 from hedonic_neurons.models.adapters import MLPWeights
 from hedonic_neurons.synergy.distributed import World, barrier
@@ -316,8 +316,8 @@ class PASCollector:
         if settings.ablation == "reference":
             if not getattr(nm, "has_reference", False):
                 raise ModelError(
-                    "reference ablation needs the pre-fine-tuning weights: pass --adapter or "
-                    "--reference, or use --ablation zero"
+                    f"reference ablation needs the pre-fine-tuning weights: pass {arg('adapter')} or "
+                    f"{arg('reference')}, or use {arg('ablation')} zero"
                 )
             self.reference = nm.reference_mlp_weights(layer)
         self.pairs: np.ndarray | None = None

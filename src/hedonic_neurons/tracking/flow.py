@@ -38,7 +38,7 @@ from hedonic_neurons.neurons.ablation import (
     ablation_hooks,
     set_masks,
 )
-from hedonic_neurons.neurons.recording import _StopForward, hf_model, hooks, model_inputs, pool, run_forward
+from hedonic_neurons.neurons.recording import StopForward, hf_model, hooks, model_inputs, pool, run_forward
 
 __all__ = ["coalition_flow", "interventional_flow", "neuron_flow"]
 
@@ -68,7 +68,7 @@ def _flow_pass(
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             pooled[target] = pool(args[0].float(), rep_mask, "mean")
             if target == targets[-1]:
-                raise _StopForward
+                raise StopForward
 
         return hook
 
