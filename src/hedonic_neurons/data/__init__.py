@@ -5,7 +5,14 @@ The one text-processing function is :func:`terms`.
 """
 
 from hedonic_neurons.data.demo import DEMO_NAME, DemoCorpus, demo_corpus
-from hedonic_neurons.data.heuristics import FEATURES, HeuristicFeatures, heuristic_features
+from hedonic_neurons.data.heuristics import (
+    ALL_FEATURES,
+    FEATURES,
+    PASSAGE_FEATURES,
+    QUERY_FEATURES,
+    HeuristicFeatures,
+    heuristic_features,
+)
 from hedonic_neurons.data.loaders import (
     Pair,
     Triple,
@@ -35,9 +42,12 @@ from hedonic_neurons.data.tasks import TASKS, task_targets
 from hedonic_neurons.data.text import STOP_WORDS, cqtr, mean_tf_l, terms
 
 __all__ = [
+    "ALL_FEATURES",
     "DATASETS",
     "DEMO_NAME",
     "FEATURES",
+    "PASSAGE_FEATURES",
+    "QUERY_FEATURES",
     "STOP_WORDS",
     "TASKS",
     "DemoCorpus",

@@ -1,6 +1,6 @@
 """IR heuristic features per (query, passage) pair: BM25, query-term IDF statistics, coverage.
 
-These are the regressors of the alignment evaluation (A13). All tokenisation is
+These are the regressors of the alignment evaluation. All tokenisation is
 :func:`~hedonic_neurons.data.text.terms`.
 
 - **Corpus.** ``corpus="pairs"`` (default): the distinct passages of the pair set (by pid), one
@@ -15,6 +15,16 @@ These are the regressors of the alignment evaluation (A13). All tokenisation is
   passages containing the term; always positive, finite for terms absent from the corpus), whatever
   the BM25 variant. A query with no term has all three equal to 0.
 - **coverage**: the fraction of distinct query terms present in the passage (= CQTR).
+- **matched_idf_sum**: the sum of the IDFs of the distinct query terms present in the passage;
+  **idf_coverage**: that sum over ``idf_sum`` (IDF-weighted coverage, in [0, 1]; 0 for a query
+  with no term).
+
+The three IDF statistics are properties of the query alone: they take one value for every
+passage of a query (``QUERY_FEATURES``), so as regressors of a per-pair activation they can only
+shift whole queries. ``PASSAGE_FEATURES`` (bm25, coverage, matched_idf_sum, idf_coverage) vary
+between the passages of a query and carry the IDF information at the passage level; they are
+the regressors to use for alignment. ``FEATURES`` keeps the original five columns of
+:meth:`HeuristicFeatures.matrix`; ``ALL_FEATURES`` names every column computed.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ from hedonic_neurons.data.text import cqtr_terms
 from hedonic_neurons.errors import ConfigError, DataError
 
 FEATURES = ("bm25", "idf_sum", "idf_mean", "idf_max", "coverage")
+QUERY_FEATURES = ("idf_sum", "idf_mean", "idf_max")
+PASSAGE_FEATURES = ("bm25", "coverage", "matched_idf_sum", "idf_coverage")
+ALL_FEATURES = (*FEATURES, "matched_idf_sum", "idf_coverage")
 BM25_METHODS = ("lucene", "robertson", "atire")
 CORPORA = ("pairs", "query")
 
@@ -71,7 +84,7 @@ def heuristic_features(
     logging.getLogger("bm25s").setLevel(logging.WARNING)
 
     tok = TermCache()
-    out = {name: np.zeros(len(pairs), dtype=np.float64) for name in FEATURES}
+    out = {name: np.zeros(len(pairs), dtype=np.float64) for name in ALL_FEATURES}
     groups: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
         groups.setdefault(pair.qid if corpus == "query" else "", []).append(i)
@@ -97,12 +110,18 @@ def heuristic_features(
             q_terms = tok(pairs[members[0]].query)
             known = [t for t in q_terms if t in retriever.vocab_dict]
             scores = retriever.get_scores(known) if known else np.zeros(len(docs))
-            idfs = [idf(df.get(t, 0), len(docs)) for t in sorted(set(q_terms))]
+            term_idf = {t: idf(df.get(t, 0), len(docs)) for t in sorted(set(q_terms))}
+            idfs = list(term_idf.values())
             stats = (sum(idfs), sum(idfs) / len(idfs), max(idfs)) if idfs else (0.0, 0.0, 0.0)
             for i in members:
+                p_terms = tok(pairs[i].passage)
+                present = set(p_terms)
+                matched = sum(v for t, v in term_idf.items() if t in present)
                 out["bm25"][i] = scores[column[pairs[i].pid]]
                 out["idf_sum"][i], out["idf_mean"][i], out["idf_max"][i] = stats
-                out["coverage"][i] = cqtr_terms(q_terms, tok(pairs[i].passage))
+                out["coverage"][i] = cqtr_terms(q_terms, p_terms)
+                out["matched_idf_sum"][i] = matched
+                out["idf_coverage"][i] = matched / stats[0] if stats[0] > 0 else 0.0
 
     features = HeuristicFeatures(out)
     features.params = {
@@ -113,6 +132,10 @@ def heuristic_features(
         ),
         "idf": "log(1 + (N - df + 0.5) / (df + 0.5)) over distinct query terms, same corpus",
         "coverage": "fraction of distinct query terms present in the passage (CQTR)",
+        "matched_idf_sum": "sum of the IDFs of the distinct query terms present in the passage",
+        "idf_coverage": "matched_idf_sum / idf_sum (0 for a query without terms)",
+        "query_level": list(QUERY_FEATURES),
+        "passage_level": list(PASSAGE_FEATURES),
         "tokenisation": "hedonic_neurons.data.text.terms",
     }
     return features
