@@ -2,10 +2,11 @@
 
 A neuron is one unit of the input to an MLP's down projection (method A1). See
 :mod:`~hedonic_neurons.neurons.recording`, :mod:`~hedonic_neurons.neurons.stats`,
-:mod:`~hedonic_neurons.neurons.readout` and :mod:`~hedonic_neurons.neurons.ablation`.
+:mod:`~hedonic_neurons.neurons.readout` and :mod:`~hedonic_neurons.neurons.ablation`
+(:func:`ablate`: a context manager inside which the model runs with neurons ablated).
 """
 
-from hedonic_neurons.neurons.ablation import ablation_logits, set_masks
+from hedonic_neurons.neurons.ablation import ablate, ablation_logits, set_masks
 from hedonic_neurons.neurons.readout import LocalHead, SiteCapture, capture_site, full_logits, local_head
 from hedonic_neurons.neurons.recording import Recorder, model_inputs, readout_positions, record
 from hedonic_neurons.neurons.stats import Moments
@@ -15,6 +16,7 @@ __all__ = [
     "Moments",
     "Recorder",
     "SiteCapture",
+    "ablate",
     "ablation_logits",
     "capture_site",
     "full_logits",

@@ -18,18 +18,26 @@ The blocks below the ablated layer do not depend on the neuron set, so by defaul
 per batch (unrepeated): their output at the last of them is cached, and in the repeated pass those
 blocks are swapped for stand-ins that return the cached output (:class:`_Replay`). Each neuron set
 then costs only the blocks from the ablated layer up; the embeddings still run per set (cheap).
+
+:func:`ablate` is the same ablation as a context manager: inside its ``with`` block every use of
+the model (a forward, ``generate``, ``output_hidden_states``, a captum attribution, an nnsight
+trace) sees the given neurons ablated, for every input row and token. It installs the hooks of
+:func:`ablation_hooks`, the one place ablation is implemented, with one neuron set for all rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import operator
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from hedonic_neurons.errors import ModelError
+from hedonic_neurons.errors import ModelError, arg
 from hedonic_neurons.models.adapters import (
     MLPWeights,
     block,
@@ -39,6 +47,7 @@ from hedonic_neurons.models.adapters import (
     n_layers,
     n_neurons,
 )
+from hedonic_neurons.models.interop import unwrap_model
 from hedonic_neurons.neurons.readout import local_head, site_hooks
 from hedonic_neurons.neurons.recording import (
     StopForward,
@@ -142,7 +151,7 @@ def _sub_weights(reference: MLPWeights, cols: torch.Tensor, dtype: torch.dtype) 
 
 
 def ablation_logits(
-    model: nn.Module,
+    model: Any,
     batch: Mapping[str, Any],
     layer: int,
     neuron_sets: Sequence[Sequence[int]] | torch.Tensor,
@@ -158,18 +167,25 @@ def ablation_logits(
 ) -> torch.Tensor:
     """Logits with each neuron set of ``layer`` ablated, (len(neuron_sets), B); no gradient.
 
+    ``model``: a :class:`~hedonic_neurons.models.NeuronModel`, a transformers or peft model, or
+    one wrapped by nnsight (``NNsight(m)``) or a TransformerLens ``TransformerBridge`` (the
+    wrapped module is used).
     ``neuron_sets``: lists of neuron indices (an empty set gives the unablated logit) or a bool
     (sets, n) mask. ``mode``: ``"reference"`` (needs ``reference``, that layer's reference
-    :class:`MLPWeights`), ``"zero"`` or ``"mean"`` (needs ``means``, (n,)). ``readout``: ``"full"``
+    :class:`MLPWeights`; default for a NeuronModel: its reference weights), ``"zero"`` or
+    ``"mean"`` (needs ``means``, (n,)). ``readout``: ``"full"``
     (the model's output logit) or ``"local"`` (:func:`local_head` at ``layer`` on the residual right
     after it; the forward stops there). ``norm=False`` drops the head's nonlinearity (linear
-    readout). ``score_token_id``: for causal LMs (see :func:`local_head`). ``max_batch``: at most
-    this many rows (sets x inputs) per forward pass; default: all sets in one pass.
-    ``reuse_prefix``: run the blocks below ``layer`` once per batch, not once per set (same
-    result; see the module docstring).
+    readout). ``score_token_id``: for causal LMs (see :func:`local_head`; default for a
+    NeuronModel: its own). ``max_batch``: at most this many rows (sets x inputs) per forward pass;
+    default: all sets in one pass. ``reuse_prefix``: run the blocks below ``layer`` once per batch,
+    not once per set (same result; see the module docstring).
+
+    Inside :func:`ablate` the neurons it ablates stay ablated here too; a set may not contain one
+    of them (it would be ablated twice).
     """
-    if mode not in MODES:
-        raise ModelError(f"unknown ablation mode '{mode}' (expected one of {', '.join(MODES)})")
+    model, owner = _unwrap_model(model)
+    _check_mode(mode)
     if readout not in READOUTS:
         raise ModelError(f"unknown readout '{readout}' (expected one of {', '.join(READOUTS)})")
     layer = check_layer(model, layer)
@@ -179,16 +195,10 @@ def ablation_logits(
     mask = inputs["attention_mask"]
     batch_size, device = mask.shape[0], mask.device
     masks = set_masks(neuron_sets, n, device)
-    if mode == "reference":
-        if reference is None:
-            raise ModelError("mode='reference' needs the layer's reference MLPWeights (reference=...)")
-        if reference.n_neurons != n or reference.down.shape[1] != n:
-            raise ModelError(f"reference weights have {reference.n_neurons} neurons; layer {layer} has {n}")
-    if mode == "mean":
-        if means is None or tuple(means.shape) != (n,):
-            shape = None if means is None else tuple(means.shape)
-            raise ModelError(f"mode='mean' needs means of shape ({n},), got {shape}")
-        means = means.to(device)
+    _check_not_ablated(mods.down, layer, masks.any(0).nonzero().squeeze(1).tolist())
+    reference, means = _mode_weights(mode, owner, layer, n, reference, means, device)
+    if score_token_id is None and owner is not None:
+        score_token_id = getattr(owner, "score_token_id", None)
     head_layer = layer if readout == "local" else n_layers(model) - 1
     head = local_head(model, head_layer, norm=norm, score_token_id=score_token_id)
     positions = readout_positions(model, mask)
@@ -216,6 +226,216 @@ def ablation_logits(
     return torch.cat(out, 0)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ModelError(f"unknown ablation mode '{mode}' (expected one of {', '.join(MODES)})")
+
+
+def _mode_weights(
+    mode: str,
+    owner: Any,
+    layer: int,
+    n: int,
+    reference: MLPWeights | None,
+    means: Any,
+    device: Any,
+) -> tuple[MLPWeights | None, torch.Tensor | None]:
+    """The checked ``(reference, means)`` a mode needs (None where it needs none); ``means`` as a
+    tensor on ``device``. A NeuronModel ``owner`` supplies its reference weights by default."""
+    if mode == "reference":
+        if reference is None and owner is not None:
+            reference = owner.reference_mlp_weights(layer)
+        if reference is None:
+            raise ModelError(
+                f"mode='reference' needs the layer's reference weights: pass {arg('reference')}"
+                "<the layer's MLPWeights>, or a NeuronModel that has them (loaded with an adapter "
+                "or a reference checkpoint); or use mode='zero' / mode='mean'"
+            )
+        if reference.n_neurons != n or reference.down.shape[1] != n:
+            raise ModelError(f"reference weights have {reference.n_neurons} neurons; layer {layer} has {n}")
+        return reference, None
+    if mode == "mean":
+        tensor = None if means is None else torch.as_tensor(means)
+        if tensor is None or tuple(tensor.shape) != (n,):
+            shape = None if tensor is None else tuple(tensor.shape)
+            raise ModelError(
+                f"mode='mean' needs means of shape ({n},), got {shape}: pass {arg('means')}"
+                "the per-neuron mean activations of the layer"
+            )
+        if not tensor.is_floating_point():
+            tensor = tensor.double()
+        return None, tensor.to(device)
+    return None, None
+
+
+def _unwrap_model(model: Any) -> tuple[nn.Module, Any]:
+    """``(the torch model to hook, the NeuronModel it came from or None)``.
+
+    A NeuronModel gives its ``.model``; anything else goes through
+    :func:`~hedonic_neurons.models.interop.unwrap_model` (a transformers or peft model as it is,
+    an nnsight wrapper or a TransformerLens ``TransformerBridge`` to the module it wraps).
+    """
+    inner = None if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if isinstance(inner, nn.Module) and callable(getattr(model, "reference_mlp_weights", None)):
+        return inner, model
+    return unwrap_model(model), None
+
+
+# Neurons ablated by the ablate() contexts now open, per down-projection module: nested contexts
+# must ablate disjoint neurons of a layer (a neuron reverted twice would get its reference
+# output twice).
+_ABLATED: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
+
+
+def _check_not_ablated(down: nn.Module, layer: int, neurons: Iterable[int]) -> None:
+    taken = _ABLATED.get(down, set()) & set(neurons)
+    if taken:
+        shown = ", ".join(str(i) for i in sorted(taken)[:10]) + (", ..." if len(taken) > 10 else "")
+        raise ModelError(
+            f"neurons {shown} of layer {layer} are already ablated by an enclosing ablate(): "
+            "ablate disjoint neuron sets of a layer (or all of them in one ablate call)"
+        )
+
+
+@contextmanager
+def _claimed(down: nn.Module, layer: int, neurons: list[int]) -> Iterator[None]:
+    _check_not_ablated(down, layer, neurons)
+    taken = _ABLATED.setdefault(down, set())
+    taken.update(neurons)
+    try:
+        yield
+    finally:
+        taken.difference_update(neurons)
+        if not taken:
+            _ABLATED.pop(down, None)
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (Python, numpy, 0-d tensor; not bool), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim != 0:
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _coalition_lists(coalitions: Any) -> list[list[int]]:
+    """``coalitions`` (lists of neurons, one flat list, an array, or an object with
+    ``.coalitions`` / ``.coalitions_``) as lists of ints."""
+    source = coalitions
+    if not isinstance(source, (list, tuple, torch.Tensor, np.ndarray)):
+        for name in ("coalitions", "coalitions_"):
+            if hasattr(source, name):
+                source = getattr(source, name)
+                break
+    if isinstance(source, (torch.Tensor, np.ndarray)):
+        source = source.tolist()
+    if isinstance(source, (str, bytes, Mapping)) or not isinstance(source, Iterable):
+        raise ModelError(
+            "coalitions must be neuron ids, lists of neuron ids or a Partition, got "
+            f"{type(coalitions).__name__}"
+        )
+    items = list(source)
+    flat = [_as_int(item) for item in items]
+    if all(i is not None for i in flat):
+        return [[int(i) for i in flat if i is not None]]
+    lists: list[list[int]] = []
+    for row, item in enumerate(items):
+        if isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim:
+            item = item.tolist()
+        listed = isinstance(item, Iterable) and not isinstance(item, (str, bytes, Mapping))
+        ints = [_as_int(v) for v in item] if listed else [None]
+        if any(i is None for i in ints):
+            raise ModelError(
+                f"coalitions: item {row} ({item!r}) is not a list of integer neuron ids; give one "
+                "list of neuron ids, a list of such lists, or a Partition"
+            )
+        lists.append([int(i) for i in ints if i is not None])
+    return lists
+
+
+def _ablated_neurons(coalitions: Any, n: int, layer: int) -> list[int]:
+    """All neurons of ``coalitions``, sorted; one error naming every id out of 0..n-1 and every
+    id given more than once."""
+    lists = _coalition_lists(coalitions)
+    width = getattr(coalitions, "n_neurons", None)
+    if _as_int(width) is not None and int(width) != n:
+        raise ModelError(f"the partition covers {width} neurons but layer {layer} has {n}")
+    ids = [i for members in lists for i in members]
+    bad = sorted({i for i in ids if not 0 <= i < n})
+    seen: set[int] = set()
+    twice = sorted({i for i in ids if i in seen or seen.add(i)})
+    problems = []
+    if bad:
+        problems.append(f"{_shown(bad)} outside 0..{n - 1}")
+    if twice:
+        problems.append(f"{_shown(twice)} given more than once")
+    if problems:
+        raise ModelError(
+            f"neuron ids for layer {layer}: {'; '.join(problems)} (expected distinct ids in 0..{n - 1})"
+        )
+    return sorted(seen)
+
+
+def _shown(ids: list[int]) -> str:
+    return ", ".join(str(i) for i in ids[:10]) + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
+
+
+@contextmanager
+def ablate(
+    model: Any,
+    layer: int,
+    coalitions: Any,
+    mode: str = "reference",
+    *,
+    means: Any = None,
+    reference: MLPWeights | None = None,
+) -> Iterator[nn.Module]:
+    """Inside the ``with`` block, the neurons of ``coalitions`` at ``layer`` are ablated in every
+    use of the model: a forward, ``generate`` (every step, with or without a KV cache), hidden
+    states, a captum attribution, an nnsight trace. All given coalitions are ablated at once.
+
+    ``model``: a :class:`~hedonic_neurons.models.NeuronModel`, a transformers or peft model, or
+    one wrapped by nnsight or a TransformerLens ``TransformerBridge`` (the hooks go on the wrapped
+    module, so the wrapper's own traces and caches see the ablation). ``coalitions``: a list of
+    neuron-id lists, one flat list of neuron ids, or an object with a ``.coalitions`` attribute (a
+    Partition); ids must be distinct and in ``0..n-1``. ``mode``: ``"reference"`` (each neuron
+    reverted to the reference weights: its up/gate rows with their biases and its down column;
+    from the NeuronModel, or ``reference``: the layer's reference :class:`MLPWeights`),
+    ``"zero"`` (the neuron's activation set to 0) or ``"mean"`` (set to ``means[i]``;
+    ``means``: (n,) tensor or array).
+
+    Yields the torch model the hooks are on (``model.model`` for a NeuronModel). The hooks are
+    removed on exit, also when the block raises. Contexts nest and compose: other layers, or
+    other (disjoint) neurons of the same layer, equal one call with the union. The layer, the
+    mode and the neuron ids are checked before anything is installed.
+
+    Usage::
+
+        with ablate(nm, 3, partition.top_k(2), mode="zero") as m:
+            out = m.generate(**batch, max_new_tokens=5)
+    """
+    target, owner = _unwrap_model(model)
+    _check_mode(mode)
+    layer_index = _as_int(layer)
+    layer = check_layer(target, layer if layer_index is None else layer_index)
+    n = n_neurons(hf_model(target))
+    neurons = _ablated_neurons(coalitions, n, layer)
+    mods = mlp_modules(target, layer)
+    param = next(mods.down.parameters(), None)
+    device = param.device if param is not None else None
+    weights, mean_values = _mode_weights(mode, owner, layer, n, reference, means, device)
+    mask = torch.zeros(1, n, dtype=torch.bool, device=device)
+    mask[0, neurons] = True
+    with _claimed(mods.down, layer, neurons), hooks() as hook_set:
+        if neurons:
+            ablation_hooks(hook_set, mods, mask, mask[:, None, :], mode, weights, mean_values)
+        yield target
+
+
 def ablation_hooks(
     hook_set: Any,
     mods: Any,
@@ -228,10 +448,10 @@ def ablation_hooks(
     """Register, on ``hook_set``, the hooks that ablate the neurons of ``row_masks`` at one layer.
 
     ``mods``: the layer's MLP modules; ``masks`` (sets, n) the neuron sets; ``row_masks`` (rows,
-    1, n) each batch row's set. ``mode="zero"`` / ``"mean"`` replace the masked activations at
-    the down projection's input (``means``: the per-neuron means); ``"reference"`` also adds
-    the masked neurons' output under the ``reference`` weights, computed from the MLP's input
-    for the masked columns only.
+    1, n) each batch row's set (a single (1, 1, n) row applies to every row of any batch).
+    ``mode="zero"`` / ``"mean"`` replace the masked activations at the down projection's input
+    (``means``: the per-neuron means); ``"reference"`` also adds the masked neurons' output under
+    the ``reference`` weights, computed from the MLP's input for the masked columns only.
     """
 
     def replace(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
