@@ -137,11 +137,13 @@ def test_hedonic_track_and_hedonic_run_write_the_same_files(tmp_path, monkeypatc
             "layers": layers,
             "baselines": [],
             "phi": {"metrics": ["oca"], "batch_size": 4},
+            "tracking": {"max_pairs": 16},  # as --max-pairs 16
         },
     )
     pipe = Pipeline(cfg, tmp_path / "run", progress=False)
     pipe.nm = load_model(str(base), adapter=str(tmp_path / "adapter"), device="cpu")
     pipe.train = read_rerank_input(pairs_tsv)
+    pipe.train_desc = str(pairs_tsv)
     pipe.acts = lambda split, layer: acts[layer]
     # as the pipeline reads its partitions: from the (canonicalised) partition files
     pipe.coalitions = lambda method, seed, layer: load_partition(tmp_path / "parts" / f"L{layer}.json")[

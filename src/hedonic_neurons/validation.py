@@ -579,6 +579,64 @@ def check_layers(
     return out
 
 
+_LAYER_ITEM = re.compile(r"(-?\d+)|(\d+)-(\d+)")
+
+
+def parse_layers(
+    spec: str | int | Sequence[int], n_layers: int | None = None, option: str = "--layers"
+) -> list[int]:
+    """Layer indices from the one layer grammar of every command and config: sorted, each once.
+
+    Grammar (spaces around items are ignored)::
+
+        layers := "all" | item ("," item)*
+        item   := INT          one layer; a negative one counts from the end (-1: the last)
+                | INT "-" INT  an inclusive range of non-negative indices, low to high ("2-5")
+
+    so ``"3"``, ``"1,3,5"``, ``"2-5"``, ``"0,4-6,-1"`` and ``"all"`` (every layer, needs
+    ``n_layers``). An int or a sequence of ints is accepted too (as the items). With
+    ``n_layers``, negative indices in -n_layers..-1 become ``n_layers + i``; indices out of range
+    are returned as given, for :func:`check_layers` to report against the model. ``option`` is
+    how the messages name the value.
+    """
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.lower() == "all":
+            if n_layers is None:
+                raise ConfigError(f"{option} 'all': the model's layer count is not known; list the layers")
+            layers = list(range(n_layers))
+        else:
+            layers = []
+            for part in (p.strip() for p in text.split(",")):
+                m = _LAYER_ITEM.fullmatch(part)
+                if m is None:
+                    raise ConfigError(
+                        f"{option} {spec!r}: expected comma-separated layer indices or ranges ('3', "
+                        f"'1,3,5', '2-5') or 'all'; {part!r} is not one (expected integers, a range "
+                        "low-high, negative indices counting from the end)"
+                    )
+                if m[1] is not None:
+                    layers.append(int(m[1]))
+                else:
+                    lo, hi = int(m[2]), int(m[3])
+                    if lo > hi:
+                        raise ConfigError(
+                            f"{option} {spec!r}: range {part} runs backwards (expected low-high)"
+                        )
+                    layers.extend(range(lo, hi + 1))
+    else:
+        items = [spec] if isinstance(spec, int) else list(spec)
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise ConfigError(f"{option}: {x!r} is not a layer index (expected integers)")
+        layers = list(items)
+    if n_layers is not None:
+        layers = [n_layers + i if -n_layers <= i < 0 else i for i in layers]
+    if not layers:
+        raise ConfigError(f"{option} {spec!r} names no layer")
+    return sorted(set(layers))
+
+
 _LAYER_IN_NAME = re.compile(r"\.(?:layers|h|layer)\.(\d+)\.")
 
 

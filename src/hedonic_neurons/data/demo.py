@@ -32,8 +32,8 @@ import re
 import numpy as np
 
 from hedonic_neurons.data import _demo_docs
+from hedonic_neurons.data.dataset import IRDataset, split_queries
 from hedonic_neurons.data.loaders import Pair
-from hedonic_neurons.data.splits import IRDataset, split_queries
 from hedonic_neurons.data.text import terms
 
 DEMO_NAME = "demo corpus (Python standard-library docstrings)"

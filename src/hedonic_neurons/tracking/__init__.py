@@ -1,18 +1,20 @@
-"""Cross-layer tracking of coalitions (method A11, judged against a null as revised by A13').
+"""Cross-layer tracking of coalitions: interaction mass between the coalitions of two layers,
+labelled by a tracking rule (by default judged against a size-preserving random-partition null).
 
 The numpy / torch core (:func:`interaction_mass`, :func:`mass_batch`, :func:`null_model`,
 :func:`track_layers`, :func:`classify_transitions`) takes plain weight matrices;
 :mod:`hedonic_neurons.tracking.model` reads them (and E|a_p|) from a model,
 :mod:`hedonic_neurons.tracking.flow` measures the interventional flow on a model, and
-:mod:`hedonic_neurons.tracking.run` tracks a folder of partitions and writes the outputs.
+:mod:`hedonic_neurons.tracking.run` tracks a folder of partitions and writes the outputs. The
+labelling rules are :class:`TrackingRule` classes in the :data:`TRACKING_RULES` registry.
 Importing this package does not import a model library beyond torch.
 """
 
 from hedonic_neurons.tracking.mass import effective_influence, interaction_mass, mass_batch
 from hedonic_neurons.tracking.null import NullModel, classify_null, lifts, null_model
+from hedonic_neurons.tracking.rules import TRACKING_RULES, TrackingRule
 from hedonic_neurons.tracking.transitions import (
     LABELS,
-    RULES,
     TransitionResult,
     alpha_beta,
     classify_transitions,
@@ -26,8 +28,9 @@ from hedonic_neurons.tracking.transitions import (
 
 __all__ = [
     "LABELS",
-    "RULES",
+    "TRACKING_RULES",
     "NullModel",
+    "TrackingRule",
     "TransitionResult",
     "alpha_beta",
     "classify_null",

@@ -8,9 +8,9 @@ C' of layer t > l,
     F(C, C') = E_x [ (1/|C'|) · Σ_{q ∈ C'} | a_q(x; C ablated) − a_q(x) | ],
 
 where a_q(x) is neuron q's activation (the input of the down projection) averaged over the
-non-pad tokens of input x (A1's ``mean`` pooling, as for every per-input quantity of tracking),
-and "ablated" is method A2's ablation of every neuron of C at layer l (reverted to the reference
-weights, or zeroed, or set to given means).
+non-pad tokens of input x (``mean`` pooling: one value per input), and "ablated" means every
+neuron of C at layer l is reverted to the reference weights (its input rows and output column),
+or zeroed, or set to given means.
 
 All coalitions of a layer go through one batched forward per batch of inputs, as in
 :func:`hedonic_neurons.neurons.ablation_logits`: the batch is repeated once per coalition (plus

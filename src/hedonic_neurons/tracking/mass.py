@@ -1,4 +1,4 @@
-"""Interaction mass between the coalitions of adjacent layers (method A11, Part B §7).
+"""Interaction mass between the coalitions of adjacent layers.
 
 Neuron p of layer l writes its output vector ``W_down^l[:, p]`` into the residual stream; neuron q
 of layer l+1 reads the residual through its input row(s). The neuron-to-neuron influence is

@@ -89,9 +89,12 @@ def mean_abs_activations(
 ) -> dict[int, torch.Tensor]:
     """A_p = E|a_p| per layer: the mean absolute activation over every non-pad token (float64).
 
-    The mean is over tokens, not of the absolute value of a per-input mean: a neuron whose sign
-    varies within an input still carries mass. Uses ``neurons.record(pooling="tokens",
-    keep=True)``, emptying the kept list after every batch, so memory stays one batch.
+    This is the one definition of tracking's A_p (``hedonic track`` and ``hedonic run`` both call
+    it, through :func:`hedonic_neurons.tracking.run.track_inputs`). The mean is over tokens (each
+    non-pad token one sample, so a longer input weighs more), not of the absolute value of a
+    per-input mean: a neuron whose sign varies within an input still carries mass. Uses
+    ``neurons.record(pooling="tokens", keep=True)`` and takes the kept tokens after every batch
+    (:meth:`~hedonic_neurons.neurons.recording.Recorder.take`), so memory stays one batch.
     """
     from hedonic_neurons.neurons import record
 
@@ -102,9 +105,7 @@ def mean_abs_activations(
         for batch in batches:
             rec(batch)
             for layer in layers:
-                kept = rec.kept[layer]
-                a = torch.cat(kept).abs()
-                kept.clear()
+                a = rec.take(layer).abs()
                 sums[layer] = sums.get(layer, 0) + a.sum(0)
             count += int(a.shape[0])
     if count == 0:

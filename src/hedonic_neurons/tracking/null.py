@@ -1,4 +1,4 @@
-"""Transitions judged against a size-preserving random-partition null (method A11, revised by A13').
+"""Transitions judged against a size-preserving random-partition null.
 
 Why a null: α (a source's share of its mass that goes to one target) and β (a target's share of
 its mass that comes from one source) shrink like 1/K with the number K of tracked coalitions,
@@ -9,7 +9,7 @@ random partitions of the same two layers, with the same coalition sizes, give.
 Quantities, for a source i and a target j of one layer pair (K sources, K' targets):
 
 - the *lifts* ``lift_alpha = α·K'`` and ``lift_beta = β·K`` (1 = the share a uniform spread gives;
-  the issue writes them α·K and β·K', K being the count the share is taken over);
+  some texts write them α·K and β·K', K being the count the share is taken over);
 - the outgoing mass of a source, ``out = Σ_j M(i, j)``, and the incoming mass of a target,
   ``in = Σ_i M(i, j)``.
 

@@ -1,6 +1,10 @@
-"""Tracking a folder of partitions through a model (``hedonic track``, and ``hedonic run``'s
-tracking stage: both call :func:`track_and_write` with one :class:`TrackSettings`), and its
-output files.
+"""Tracking a folder of partitions through a model, and its output files.
+
+``hedonic track`` and ``hedonic run``'s tracking stage are two thin clients of the same two
+calls: :func:`track_inputs` (E|a_p| and the flow's inputs, from the model and a set of pairs)
+and :func:`track_model` (track and write), with one :class:`TrackSettings`
+(:meth:`TrackSettings.from_config` for a run's ``tracking`` section). On the same partitions,
+model and pairs they write the same files.
 
 Output folder: ``transition_L{l}_L{t}.json`` per layer pair (t = l+1 ... l+h; the
 :meth:`TransitionResult.to_dict` document plus provenance), ``transitions.md`` and
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +33,9 @@ from hedonic_neurons.artifacts import (
     read_json,
     write_json,
 )
-from hedonic_neurons.errors import ConfigError, DataError
+from hedonic_neurons.errors import ConfigError, DataError, arg
+from hedonic_neurons.tracking.rules import get_rule
 from hedonic_neurons.tracking.transitions import (
-    RULES,
     TransitionResult,
     pair_rows,
     track_layers,
@@ -42,6 +46,7 @@ from hedonic_neurons.tracking.transitions import (
 
 __all__ = [
     "FlowSpec",
+    "TrackInputs",
     "TrackSettings",
     "iter_batches",
     "layer_pairs",
@@ -49,6 +54,8 @@ __all__ = [
     "load_partition_dir",
     "sample_pairs",
     "track_and_write",
+    "track_inputs",
+    "track_model",
     "track_partitions",
     "write_tracking",
 ]
@@ -57,13 +64,16 @@ __all__ = [
 @dataclass(frozen=True)
 class TrackSettings:
     """Everything that decides tracking's numbers, shared by ``hedonic track`` and ``hedonic run``
-    (the defaults are those of both; a test keeps them equal to ``TrackingConfig``'s).
+    (the defaults are those of both: ``TrackingConfig`` has the same fields and defaults, and
+    :meth:`from_config` is the one way a run builds its settings).
 
-    ``rule``: ``"null"`` (random-partition null), ``"matching"`` (A11, absolute τ) or ``"code"``
-    (the public code's relative rule); ``tau`` only for the absolute rules. ``null_draws`` random
-    partitions at ``null_level``; ``horizon``: track l -> l+1 ... l+horizon; ``flow_pairs``:
-    inputs of the interventional flow (0: no flow); ``seed``: the null's draws (and the flow's
-    input sample).
+    ``rule``: a registered tracking rule (:data:`~hedonic_neurons.tracking.rules.TRACKING_RULES`):
+    ``"null"`` (random-partition null), ``"matching"`` (absolute τ on the matched pairs) or
+    ``"code"`` (the public code's relative rule); ``tau`` only for the rules that take one.
+    ``null_draws`` random partitions at ``null_level``; ``horizon``: track l -> l+1 ... l+horizon;
+    ``flow_pairs``: inputs of the interventional flow (0: no flow); ``max_pairs``: the pairs
+    E|a_p| is estimated on (a seeded sample; None: all); ``seed``: that sample, the null's draws
+    and the flow's input sample; ``block_size``: source neurons per block of W_eff (speed only).
     """
 
     rule: str = "null"
@@ -73,20 +83,33 @@ class TrackSettings:
     null_level: float = 0.95
     horizon: int = 3
     flow_pairs: int = 64
+    max_pairs: int | None = 512
     seed: int = 0
     block_size: int = 512
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise ConfigError(f"tracking rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        if self.rule == "null" and self.tau is not None:
-            raise ConfigError(
-                "tau applies to the absolute rules ('matching', 'code'); rule 'null' sets it from the null"
-            )
+        get_rule(self.rule).check_tau(self.rule, self.tau)
         if not isinstance(self.horizon, int) or self.horizon < 1:
-            raise ConfigError(f"horizon must be a positive integer, got {self.horizon!r}")
+            raise ConfigError(f"{arg('horizon')} {self.horizon!r}: expected a positive integer")
         if not isinstance(self.flow_pairs, int) or self.flow_pairs < 0:
-            raise ConfigError(f"flow_pairs must be a non-negative integer, got {self.flow_pairs!r}")
+            raise ConfigError(f"{arg('flow_pairs')} {self.flow_pairs!r}: expected a non-negative integer")
+        if self.max_pairs is not None and (not isinstance(self.max_pairs, int) or self.max_pairs < 1):
+            raise ConfigError(
+                f"{arg('max_pairs')} {self.max_pairs!r}: expected a positive integer (or None: all pairs)"
+            )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TrackSettings:
+        """The settings among ``options`` (e.g. a command's keyword arguments; other keys are
+        ignored, missing ones take the defaults)."""
+        return cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
+
+    @classmethod
+    def from_config(cls, tracking: Any, seed: int) -> TrackSettings:
+        """The settings of a run's ``tracking`` section (a :class:`~hedonic_neurons.config.TrackingConfig`)
+        and its ``seed``: every field the section has, the defaults for the others."""
+        names = {f.name for f in fields(cls)} - {"seed"}
+        return cls(**{k: v for k, v in tracking.model_dump().items() if k in names}, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -430,4 +453,83 @@ def flow_spec(nm: Any, pairs: Sequence[Any], settings: TrackSettings, batch_size
         batches=list(iter_batches(nm, chosen, batch_size)),
         mode=mode,
         reference=nm.reference_mlp_weights if mode == "reference" else None,
+    )
+
+
+@dataclass
+class TrackInputs:
+    """What tracking reads from a model and its data besides the partitions: E|a_p| per source
+    layer (``mean_abs``), the interventional flow's inputs (``flow``, None without flow) and
+    their description for the output files (``activations``). Computed once by
+    :func:`track_inputs` and shared by every partition tracked on the same model and pairs."""
+
+    mean_abs: dict[int, Any]
+    flow: FlowSpec | None
+    activations: dict[str, Any]
+
+
+def track_inputs(
+    nm: Any,
+    pairs: Sequence[Any],
+    layers: Sequence[int],
+    settings: TrackSettings,
+    *,
+    batch_size: int = 32,
+    data: str = "",
+) -> TrackInputs:
+    """E|a_p| and the flow's inputs for tracking the partitions of ``layers`` through ``nm``.
+
+    ``nm``: a loaded :class:`~hedonic_neurons.models.NeuronModel`; ``pairs``: (query, passage)
+    pairs, of which ``settings.max_pairs`` are drawn (seeded by ``settings.seed``, original order
+    kept). E|a_p| is the one definition of
+    :func:`~hedonic_neurons.tracking.model.mean_abs_activations` (mean of |a_p| over every
+    non-pad token of the drawn pairs), for each layer that is the source of a tracked pair
+    (l, l+h), h ≤ ``settings.horizon``; the flow uses ``settings.flow_pairs`` of the drawn pairs.
+    ``data`` describes the pairs in the output files.
+    """
+    from hedonic_neurons.tracking import model as tracking_model
+
+    sources = sorted({lo for lo, _ in layer_pairs(list(layers), settings.horizon)})
+    if not sources:
+        raise DataError(
+            f"no two layers within {settings.horizon} of each other (layers {sorted(layers)}); "
+            "tracking needs l and l+1 (or l+h)"
+        )
+    chosen = sample_pairs(pairs, settings.max_pairs, settings.seed)
+    if not chosen:
+        raise DataError("no (query, passage) pairs to estimate E|a_p| on (empty data)")
+    mean_abs = tracking_model.mean_abs_activations(nm.model, sources, iter_batches(nm, chosen, batch_size))
+    return TrackInputs(
+        mean_abs=mean_abs,
+        flow=flow_spec(nm, chosen, settings, batch_size),
+        activations={"data": data, "pairs": len(chosen), "statistic": "E|a_p| over non-pad tokens"},
+    )
+
+
+def track_model(
+    nm: Any,
+    partitions: Mapping[int, Sequence[Sequence[int]]],
+    inputs: TrackInputs,
+    settings: TrackSettings,
+    out_dir: str | os.PathLike,
+    *,
+    method: str = "",
+    meta: Mapping[str, Any] | None = None,
+    bundle_dir: str | os.PathLike | None = None,
+) -> tuple[list[TransitionResult], dict[str, Path]]:
+    """Track ``partitions`` (``{layer: coalitions}``) through ``nm`` with ``inputs``
+    (:func:`track_inputs`) and write every output file to ``out_dir``: the one path of
+    ``hedonic track`` and of ``hedonic run``'s tracking stage. The JSONs record the model's
+    identity, the inputs' description, the settings and ``meta``."""
+    meta = {"model": nm.identity, "activations": inputs.activations, **(meta or {})}
+    return track_and_write(
+        nm.model,
+        partitions,
+        inputs.mean_abs,
+        settings,
+        out_dir,
+        method=method,
+        meta=meta,
+        flow=inputs.flow,
+        bundle_dir=bundle_dir,
     )

@@ -1,4 +1,6 @@
-"""Matching and transition labels between the coalitions of two layers (method A11, A13').
+"""Matching and transition labels between the coalitions of two layers.
+
+The rules are classes in a registry (:mod:`hedonic_neurons.tracking.rules`); the built-in ones:
 
 Rule ``"null"`` (the default): every pair is judged against a size-preserving random-partition
 null of the same two layers (:mod:`hedonic_neurons.tracking.null`, where the labels are
@@ -7,9 +9,9 @@ target, with the thresholds set per layer pair from the null's 95th percentile. 
 maximum-weight matching is still computed and reported (its pairs carry α, β, their lifts α·K',
 β·K and the lifts' percentiles in the null), but the labels come from the significant links.
 
-Rule ``"matching"`` (A11 as first written, absolute τ): maximum-weight bipartite matching on the interaction mass
-M (``scipy.optimize.linear_sum_assignment(maximize=True)``; pairs with zero mass are not kept).
-On each matched pair (C, C'):
+Rule ``"matching"`` (the first definition, absolute τ): maximum-weight bipartite matching on the
+interaction mass M (``scipy.optimize.linear_sum_assignment(maximize=True)``; pairs with zero
+mass are not kept). On each matched pair (C, C'):
 
 - alpha = M(C, C') / sum_{C''} M(C, C'')  (share of the source's outgoing mass),
 - beta  = M(C, C') / sum_{D} M(D, C')     (share of the target's incoming mass),
@@ -19,13 +21,13 @@ and the pair is *persistence* (alpha >= tau, beta >= tau), *split* (alpha < tau,
 unmatched target emerges. Percentages: persistence / split / merge / vanishing over the tracked
 sources (they sum to 100), emergence over the tracked targets.
 
-Rule ``"code"`` (Part B §7 [C], ``classify_events``; our reading of its description, the code
+Rule ``"code"`` (the public code's ``classify_events``, as its description reads; the code
 itself was not available): relative thresholds on M. Parent i *persists* if its row-argmax j has
 i as its column-argmax; otherwise it *splits* if at least two children have M[i, j] >= tau *
 rowmax_i. Then a child j is a *merge* if at least two parents not already persisted or split
 have M[i, j] >= tau * colmax_j (those parents are labelled merge). Remaining parents vanish,
 remaining children (not a persisting partner, not above the split threshold of a split parent,
-not a merge) emerge. Percentages as in [C]: persistence / split / vanishing over parents, merge /
+not a merge) emerge. Percentages as in that code: persistence / split / vanishing over parents, merge /
 emergence over children. Its default tau is 0.30.
 
 Coalitions smaller than ``min_size`` (default 2) are not tracked; :class:`TransitionResult` says
@@ -47,11 +49,13 @@ import numpy as np
 
 from hedonic_neurons.errors import ConfigError, DataError
 from hedonic_neurons.tracking.mass import interaction_mass
-from hedonic_neurons.tracking.null import NullModel, check_null_settings, classify_null, null_model
+from hedonic_neurons.tracking.null import NullModel, check_null_settings, null_model
+from hedonic_neurons.tracking.rules import LABELS, SOURCE_LABELS, TRACKING_RULES, alpha_beta, get_rule
 
 __all__ = [
     "LABELS",
-    "RULES",
+    "SOURCE_LABELS",
+    "TRACKING_RULES",
     "TransitionResult",
     "alpha_beta",
     "classify_transitions",
@@ -63,25 +67,7 @@ __all__ = [
     "write_transition_table",
 ]
 
-LABELS = ("persistence", "split", "merge", "vanishing", "emergence", "unstructured")
-SOURCE_LABELS = ("persistence", "split", "merge", "vanishing", "unstructured")
-RULES = ("null", "matching", "code")
-DEFAULT_TAU = {"matching": 0.5, "code": 0.3}
 _FULL_MASS_LIMIT = 100_000  # entries of M written in full into the JSON; larger: summary only
-
-
-def alpha_beta(mass: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-normalised alpha and column-normalised beta for every (source, target) pair.
-
-    ``alpha[i]`` sums to 1 over targets and ``beta[:, j]`` to 1 over sources, except for a source
-    (target) with no mass at all, whose row (column) is zero.
-    """
-    mass = np.asarray(mass, dtype=np.float64)
-    rows = mass.sum(axis=1, keepdims=True)
-    cols = mass.sum(axis=0, keepdims=True)
-    alpha = np.divide(mass, rows, out=np.zeros_like(mass), where=rows > 0)
-    beta = np.divide(mass, cols, out=np.zeros_like(mass), where=cols > 0)
-    return alpha, beta
 
 
 def _check_mass(mass: Any) -> np.ndarray:
@@ -93,114 +79,11 @@ def _check_mass(mass: Any) -> np.ndarray:
     return arr
 
 
-def _check_tau(tau: float) -> float:
-    if not 0 < tau <= 1:
-        raise ConfigError(f"tau must be in (0, 1], got {tau!r}")
-    return float(tau)
-
-
-def _pair_label(alpha: float, beta: float, tau: float) -> str:
-    if alpha >= tau:
-        return "persistence" if beta >= tau else "merge"
-    return "split" if beta >= tau else "vanishing"
-
-
-def _classify_matching(mass: np.ndarray, tau: float) -> dict[str, Any]:
-    from scipy.optimize import linear_sum_assignment
-
-    alpha, beta = alpha_beta(mass)
-    src_labels = ["vanishing"] * mass.shape[0]
-    tgt_labels = ["emergence"] * mass.shape[1]
-    matches = []
-    if mass.size:
-        for i, j in zip(*linear_sum_assignment(mass, maximize=True)):
-            if mass[i, j] <= 0:
-                continue
-            label = _pair_label(alpha[i, j], beta[i, j], tau)
-            src_labels[i] = tgt_labels[j] = label
-            matches.append((int(i), int(j), label))
-    counts = {lab: src_labels.count(lab) for lab in LABELS[:4]}
-    counts["emergence"] = tgt_labels.count("emergence")
-    basis = {lab: "sources" for lab in LABELS[:4]} | {"emergence": "targets"}
-    return dict(
-        matches=matches, source_labels=src_labels, target_labels=tgt_labels, counts=counts, basis=basis
-    )
-
-
-def _matching(mass: np.ndarray) -> list[tuple[int, int]]:
-    from scipy.optimize import linear_sum_assignment
-
-    if not mass.size:
-        return []
-    return [(int(i), int(j)) for i, j in zip(*linear_sum_assignment(mass, maximize=True)) if mass[i, j] > 0]
-
-
-def _classify_null(mass: np.ndarray, null: NullModel) -> dict[str, Any]:
-    out = classify_null(mass, null)
-    sig = {(i, j): lab for i, j, lab in out["links"]}
-    src_labels = out["source_labels"]
-    matches = []
-    for i, j in _matching(mass):
-        label = sig.get((i, j), "vanishing" if src_labels[i] == "vanishing" else "unstructured")
-        matches.append((i, j, label))
-    counts = {lab: src_labels.count(lab) for lab in SOURCE_LABELS}
-    counts["emergence"] = out["target_labels"].count("emergence")
-    basis = {lab: "sources" for lab in SOURCE_LABELS} | {"emergence": "targets"}
-    return {**out, "matches": matches, "counts": counts, "basis": basis}
-
-
-def _classify_code(mass: np.ndarray, tau: float) -> dict[str, Any]:
-    k_src, k_tgt = mass.shape
-    src_labels = ["vanishing"] * k_src
-    tgt_labels = ["emergence"] * k_tgt
-    matches = []
-    if mass.size:
-        rowmax, colmax = mass.max(axis=1), mass.max(axis=0)
-        for i in range(k_src):
-            if rowmax[i] <= 0:
-                continue
-            j = int(mass[i].argmax())
-            if int(mass[:, j].argmax()) == i:
-                src_labels[i] = tgt_labels[j] = "persistence"
-                matches.append((i, j, "persistence"))
-                continue
-            children = np.flatnonzero(mass[i] >= tau * rowmax[i])
-            if children.size >= 2:
-                src_labels[i] = "split"
-                for c in children:
-                    if tgt_labels[c] == "emergence":
-                        tgt_labels[c] = "split"
-                    matches.append((i, int(c), "split"))
-        for j in range(k_tgt):
-            if tgt_labels[j] != "emergence" or colmax[j] <= 0:
-                continue
-            parents = [
-                i for i in np.flatnonzero(mass[:, j] >= tau * colmax[j]) if src_labels[i] == "vanishing"
-            ]
-            if len(parents) >= 2:
-                tgt_labels[j] = "merge"
-                for i in parents:
-                    src_labels[i] = "merge"
-                    matches.append((int(i), j, "merge"))
-    counts = {lab: src_labels.count(lab) for lab in ("persistence", "split", "vanishing")}
-    counts |= {lab: tgt_labels.count(lab) for lab in ("merge", "emergence")}
-    basis = {"persistence": "sources", "split": "sources", "vanishing": "sources"}
-    basis |= {"merge": "targets", "emergence": "targets"}
-    return dict(
-        matches=matches, source_labels=src_labels, target_labels=tgt_labels, counts=counts, basis=basis
-    )
-
-
-def _check_rule(rule: str) -> str:
-    if rule not in RULES:
-        raise ConfigError(f"tracking rule must be one of {', '.join(RULES)}, got {rule!r}")
-    return rule
-
-
 def classify_transitions(
     mass: Any, tau: float | None = None, *, rule: str = "null", null: NullModel | None = None
 ) -> dict[str, Any]:
-    """Matches and labels from a mass matrix (sources x targets); see the module docstring.
+    """Matches and labels from a mass matrix (sources x targets) by the tracking rule registered
+    as ``rule`` (:data:`~hedonic_neurons.tracking.rules.TRACKING_RULES`; see the module docstring).
 
     ``rule="null"`` needs ``null`` (:func:`~hedonic_neurons.tracking.null.null_model` of the same
     layer pair and coalition sizes) and takes no ``tau``; the absolute rules take ``tau``
@@ -210,25 +93,20 @@ def classify_transitions(
     ``target_labels``, ``counts`` (per label), ``percentages`` and ``basis`` (for each label,
     whether its percentage is over the sources or the targets); rule ``"null"`` adds ``links``
     (the significant (source, target, label) pairs), the lifts and the in / out masses.
+    Percentages come in the order of :data:`LABELS`, then any other label a rule counts.
     """
     arr = _check_mass(mass)
-    _check_rule(rule)
-    if rule == "null":
-        if tau is not None:
-            raise ConfigError(
-                "tau applies to the absolute rules ('matching', 'code'); rule 'null' sets it from the null"
-            )
-        if null is None:
-            raise ConfigError("rule 'null' needs the random-partition null of the layer pair (null=...)")
-        out = _classify_null(arr, null)
-    else:
-        tau = _check_tau(DEFAULT_TAU[rule] if tau is None else tau)
-        out = _classify_matching(arr, tau) if rule == "matching" else _classify_code(arr, tau)
+    chosen = get_rule(rule)
+    tau = chosen.check_tau(rule, tau)
+    if chosen.uses_null and null is None:
+        raise ConfigError(f"rule {rule!r} needs the random-partition null of the layer pair (null=...)")
+    out = chosen.classify(arr, tau=tau, null=null if chosen.uses_null else None)
     denom = {"sources": arr.shape[0], "targets": arr.shape[1]}
+    order = [lab for lab in LABELS if lab in out["counts"]]
+    order += [lab for lab in out["counts"] if lab not in LABELS]
     out["percentages"] = {
         lab: (100.0 * out["counts"][lab] / denom[out["basis"][lab]] if denom[out["basis"][lab]] else 0.0)
-        for lab in LABELS
-        if lab in out["counts"]
+        for lab in order
     }
     return out
 
@@ -428,23 +306,19 @@ def track_layers(
     """Track the coalitions of layer ``layer`` into layer ``target_layer`` (default ``layer + 1``).
 
     Arguments as in :func:`~hedonic_neurons.tracking.mass.interaction_mass`; coalitions with
-    fewer than ``min_size`` neurons are dropped first (and counted). Rule ``"null"`` (default)
-    draws ``null_draws`` size-preserving random partitions of both layers (seeded by ``seed``) and
-    calibrates its thresholds at ``null_level``; ``tau`` is for the absolute rules only (default
-    0.5 for ``"matching"``, 0.30 for ``"code"``).
+    fewer than ``min_size`` neurons are dropped first (and counted). ``rule`` names a registered
+    :class:`~hedonic_neurons.tracking.rules.TrackingRule`. Rule ``"null"`` (default) draws
+    ``null_draws`` size-preserving random partitions of both layers (seeded by ``seed``) and
+    calibrates its thresholds at ``null_level`` (as does any rule with ``uses_null``); ``tau`` is
+    for the absolute rules only (default 0.5 for ``"matching"``, 0.30 for ``"code"``).
     """
     if not isinstance(min_size, int) or min_size < 1:
         raise ConfigError(f"min_size must be a positive integer, got {min_size!r}")
-    _check_rule(rule)
+    chosen = get_rule(rule)
     target_layer = _check_horizon(layer, target_layer)
-    if rule == "null":
-        if tau is not None:
-            raise ConfigError(
-                "tau applies to the absolute rules ('matching', 'code'); rule 'null' sets it from the null"
-            )
+    tau = chosen.check_tau(rule, tau)
+    if chosen.uses_null:
         check_null_settings(null_draws, null_level)
-    else:
-        tau = _check_tau(DEFAULT_TAU[rule] if tau is None else tau)
     src_keep = [i for i, c in enumerate(coalitions_l) if len(c) >= min_size]
     tgt_keep = [j for j, c in enumerate(coalitions_next) if len(c) >= min_size]
     src = [list(coalitions_l[i]) for i in src_keep]
@@ -453,7 +327,7 @@ def track_layers(
         W_down_l, W_up_next, W_gate_next, norm_scale_next, A, src, tgt, block_size=block_size, device=device
     )
     null = None
-    if rule == "null":
+    if chosen.uses_null:
         null = null_model(
             W_down_l,
             W_up_next,
@@ -567,7 +441,7 @@ def transition_table(
             "dropped_targets": r.dropped_targets,
         }
         row |= {f"{lab}_pct": round(r.percentages[lab], 2) for lab in LABELS if lab in r.percentages}
-        row["rule"] = r.rule if r.rule == "null" else f"{r.rule} (tau {r.tau:g})"
+        row["rule"] = r.rule if r.tau is None else f"{r.rule} (tau {r.tau:g})"
         if r.null is not None:
             row["tau_alpha"] = r.null["tau_alpha"]
             row["tau_beta"] = r.null["tau_beta"]
