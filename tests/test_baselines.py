@@ -89,8 +89,14 @@ def test_random_partition_is_size_matched_and_seed_dependent():
     ]
     with pytest.raises(DataError, match="rows"):
         RandomPartition([2, 2]).fit(np.zeros((5, 3)))
-    with pytest.raises(ConfigError):
-        RandomPartition([])
+    with pytest.raises(ConfigError):  # validated by fit (the scikit-learn contract), not __init__
+        RandomPartition([]).fit()
+    with pytest.raises(ConfigError, match="sizes"):
+        RandomPartition().fit()
+    # without like, fit takes the sizes (what partition_layer passes: requires = "sizes")
+    drawn = RandomPartition(random_state=4).fit([1, 3, 2])
+    assert drawn.coalitions_ == RandomPartition([2, 1, 3], random_state=4).fit().coalitions_
+    assert [len(c) for c in drawn.coalitions_] == [3, 2, 1]
 
 
 def test_kmeans_recovers_directions_whatever_the_norms():

@@ -206,3 +206,25 @@ def test_phi_sampler_first_draw_follows_the_weights_across_blocks(n):
     p = w / w.sum()
     assert np.abs(freq - p).max() < 5 * np.sqrt(p.max() / m) + 1e-12
     assert n <= DRAW_BLOCK or np.bincount(draws // DRAW_BLOCK).size == (n - 1) // DRAW_BLOCK + 1
+
+
+def test_certificates_is_one_certify_per_distribution_on_independent_streams():
+    from hedonic_neurons.game import certificates
+    from hedonic_neurons.partition import Partition
+
+    rng = np.random.default_rng(11)
+    phi = sym(rng.normal(size=(30, 30)))
+    part = Partition.from_labels(rng.integers(0, 6, size=30))
+    got = certificates(phi, part, k=2, n_samples=3000, random_state=7, min_size=2, max_size=6)
+    assert list(got) == ["uniform", "phi"]
+    for i, dist in enumerate(("uniform", "phi"), start=1):
+        ref = certify(
+            phi, part.coalitions, k=2, n_samples=3000, distribution=dist, min_size=2, max_size=6,
+            random_state=np.random.default_rng([7, i]),
+        )  # fmt: skip
+        assert got[dist] == ref
+    assert got["uniform"].n_blocking > 0  # a random partition is blocked: the check has teeth
+    same = certificates(phi, part, n_samples=3000, random_state={"uniform": 3, "phi": 3}, max_size=6)
+    assert same["uniform"] == certify(phi, part, n_samples=3000, random_state=3, max_size=6)
+    with pytest.raises(ConfigError, match="no seed for distribution 'phi'"):
+        certificates(phi, part, n_samples=10, random_state={"uniform": 3})

@@ -23,7 +23,7 @@ def run(argv, capsys):
 @pytest.fixture
 def phi_file(tmp_path):
     phi, _ = planted(8, 3, 0.2, seed=0)
-    path = save_phi(tmp_path / "phi_layer3.safetensors", phi, {"layer": 3, "measure": "oca", "model": "test"})
+    path = save_phi(tmp_path / "phi_layer3.safetensors", phi, {"layer": 3, "metric": "oca", "model": "test"})
     return path, phi.astype(np.float32)
 
 
@@ -36,10 +36,11 @@ def test_solve_pac_writes_partition_and_certificates(phi_file, tmp_path, capsys)
     assert code == 0
     doc = load_partition(out)
     expected = PACTopCover(k=2, random_state=3).fit(phi)
-    assert doc["method"] == "hedonic-pac" and doc["layer"] == 3 and doc["n_neurons"] == 24
+    assert doc["method"] == "hedonic-oca" and doc["layer"] == 3 and doc["n_neurons"] == 24
+    assert doc["params"]["solver"] == "pac"
     assert doc["coalitions"] == expected.coalitions_ and doc["labels"] == expected.labels_.tolist()
     assert doc["params"]["k"] == 2 and doc["params"]["epsilon"] == 0.05 and doc["params"]["seed"] == 3
-    assert doc["phi_metadata"]["measure"] == "oca" and doc["phi_metadata"]["layer"] == 3
+    assert doc["phi_metadata"]["metric"] == "oca" and doc["phi_metadata"]["layer"] == 3
     assert doc["diagnostics"]["n_rounds"] == expected.n_rounds_
     assert doc["diagnostics"]["n_samples"] == expected.n_samples_
     assert len(doc["diagnostics"]["rounds"]) == expected.n_rounds_
@@ -70,7 +71,7 @@ def test_solve_exact(phi_file, tmp_path, capsys):
     )
     assert code == 0
     doc = json.loads(out.read_text())
-    assert doc["method"] == "hedonic-exact" and doc["params"]["solver"] == "TopCover"
+    assert doc["method"] == "hedonic-oca" and doc["params"]["solver"] == "exact"
     assert doc["coalitions"] == TopCover(k=2).fit(phi).coalitions_
     assert doc["certificate"]["uniform"]["n_blocking"] == 0 == doc["certificate"]["phi"]["n_blocking"]
 

@@ -53,6 +53,9 @@ _finetune.register(app)
 from hedonic_neurons.tracking import cli as _tracking_cli  # noqa: E402
 
 _tracking_cli.register(app)
+from hedonic_neurons.baselines import cli as _baselines_cli  # noqa: E402
+
+_baselines_cli.register(app)
 from hedonic_neurons.synergy import cli as _synergy_cli  # noqa: E402
 
 _synergy_cli.register(app)

@@ -1,17 +1,22 @@
-"""Baseline partitioners (method A14, Part B §9.5), with the same estimator interface as the game.
+"""Baseline partitioners, with the same estimator interface as the game's solvers.
 
-Every partitioner takes its parameters in ``__init__``; ``fit(...)`` returns ``self`` and sets
-``coalitions_`` (sorted int lists covering 0..n-1 exactly once, largest first, ties by smallest
-member: :func:`~hedonic_neurons.artifacts.canonical_coalitions`), ``labels_`` (``labels_[i]`` is the
-index of neuron i's coalition in ``coalitions_``) and ``n_neurons_``. All randomness goes through
-``random_state``; with an int the result is deterministic.
+Every partitioner is a :class:`~hedonic_neurons.partition.Partitioner` (a scikit-learn
+clusterer): parameters in ``__init__`` (stored unchanged, validated by ``fit``); ``fit(X)``
+returns ``self`` and sets ``coalitions_`` (sorted int lists covering 0..n-1 exactly once,
+largest first, ties by smallest member: :func:`~hedonic_neurons.artifacts.canonical_coalitions`),
+``labels_`` (``labels_[i]`` is the index of neuron i's coalition in ``coalitions_``),
+``n_neurons_`` and ``partition_``. All randomness goes through ``random_state``; with an int the
+result is deterministic. Each is registered in :data:`~hedonic_neurons.partition.PARTITIONERS`
+under the name that is also its partitions' method name:
 
-- :class:`RandomPartition`: random neurons in coalitions of the sizes of a given partition.
-- :class:`SphericalKMeans`: k-means on the L2-normalised rows of the input projection.
-- :class:`Hierarchical`: average-linkage agglomerative clustering, cosine distance, on activation
-  profiles (neurons x pooled examples).
-- :class:`PhiCommunities`: Louvain communities of the graph of positive phi (the baseline that
-  sees the same information as the game).
+- ``random`` (:class:`RandomPartition`, requires sizes): random neurons in coalitions of given
+  sizes (those of a reference partition).
+- ``kmeans`` (:class:`SphericalKMeans`, requires rows): k-means on the L2-normalised rows of the
+  input projection.
+- ``hierarchical`` (:class:`Hierarchical`, requires profiles): average-linkage agglomerative
+  clustering, cosine distance, on activation profiles (neurons x pooled examples).
+- ``phi-communities`` (:class:`PhiCommunities`, requires phi): Louvain communities of the graph
+  of positive phi (the baseline that sees the same information as the game).
 
 The clustering itself is scikit-learn / scikit-network (or networkx); this module only validates
 inputs, builds the sparse graph of positive phi (:func:`positive_partner_graph`) and turns cluster
@@ -26,8 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from hedonic_neurons.artifacts import canonical_coalitions, labels_from_coalitions, validate_phi
+from hedonic_neurons.artifacts import validate_phi
+from hedonic_neurons.baselines import DEFAULT_MAX_PARTNERS
 from hedonic_neurons.errors import ConfigError, DataError, PhiError
+from hedonic_neurons.partition import Partition, coalitions_from_labels
+from hedonic_neurons.partitioner import PARTITIONERS, Partitioner
 
 __all__ = [
     "BACKENDS",
@@ -41,13 +49,8 @@ __all__ = [
     "positive_partner_graph",
 ]
 
-
-def coalitions_from_labels(labels: Sequence[int] | np.ndarray) -> list[list[int]]:
-    """Group neuron indices by cluster label into canonical coalitions (empty labels vanish)."""
-    labels = np.asarray(labels)
-    order = np.argsort(labels, kind="stable")
-    _, starts = np.unique(labels[order], return_index=True)
-    return canonical_coalitions(np.split(order, starts[1:]))
+#: The former name of :class:`~hedonic_neurons.partition.Partitioner`.
+BasePartitioner = Partitioner
 
 
 def _check_matrix(X: Any, name: str) -> np.ndarray:
@@ -73,38 +76,32 @@ def _n_clusters(n_clusters: int | None, n: int) -> int:
     return int(k)
 
 
-class BasePartitioner:
-    """Shared result handling: ``coalitions_``, ``labels_``, ``n_neurons_`` and ``get_params``."""
+class RandomPartition(Partitioner):
+    """Random partition with given coalition sizes (the size-matched baseline).
 
-    random_state: int | None
-    coalitions_: list[list[int]]
-    labels_: np.ndarray
-    n_neurons_: int
-
-    def _set_result(self, coalitions: Sequence[Sequence[int]], n: int) -> None:
-        self.coalitions_ = canonical_coalitions(coalitions)
-        self.labels_ = labels_from_coalitions(self.coalitions_, n)
-        self.n_neurons_ = n
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor parameters (JSON-safe), as written into the partition file."""
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
-
-
-class RandomPartition(BasePartitioner):
-    """Random partition with the coalition sizes of a reference partition (size-matched baseline).
-
-    ``like`` is either the list of sizes or a partition (a list of coalitions, whose sizes are
-    used). ``fit(X=None)`` shuffles 0..n-1 with ``random_state`` and cuts the permutation into
-    coalitions of those sizes; ``X``, if given, only fixes n (it must have n = sum(sizes) rows).
+    The sizes are ``like`` if given, else the ``X`` given to ``fit``; either is a list of sizes,
+    a list of coalitions or a :class:`~hedonic_neurons.partition.Partition` (whose sizes are
+    used). ``fit`` shuffles 0..n-1 with ``random_state`` and cuts the permutation into
+    coalitions of those sizes (largest first). With ``like`` set, ``X`` is optional and only
+    fixes n (it must have n = sum(sizes) rows).
     """
 
-    def __init__(self, like: Sequence[int] | Sequence[Sequence[int]], *, random_state: int | None = None):
-        self.sizes = self._sizes(like)
+    requires = "sizes"
+
+    def __init__(
+        self, like: Sequence[int] | Sequence[Sequence[int]] | None = None, *, random_state: int | None = None
+    ):
+        self.like = like
         self.random_state = random_state
 
     @staticmethod
     def _sizes(like: Any) -> list[int]:
+        if isinstance(like, Partition):
+            return list(like.sizes)
+        if isinstance(like, str | bytes) or not hasattr(like, "__iter__"):
+            raise ConfigError(
+                f"RandomPartition expects a list of sizes or a list of coalitions, got {type(like).__name__}"
+            )
         items = list(like)
         if not items:
             raise ConfigError("RandomPartition needs at least one coalition size (got an empty partition)")
@@ -118,17 +115,25 @@ class RandomPartition(BasePartitioner):
             raise ConfigError(f"coalition sizes must be >= 1, got {min(sizes)}")
         return sorted(sizes, reverse=True)
 
-    def fit(self, X: Any = None) -> RandomPartition:
-        """Draw the partition; ``X`` (optional, n rows) only checks that n matches the sizes."""
-        n = sum(self.sizes)
+    def fit(self, X: Any = None, y: Any = None) -> RandomPartition:
+        """Draw the partition: of the sizes ``like`` (``X``, optional, n rows, only checks n), or
+        of the sizes ``X`` when ``like`` is None."""
+        if self.like is None:
+            if X is None:
+                raise ConfigError("RandomPartition needs the coalition sizes: pass like=... or fit(sizes)")
+            self.sizes_ = self._sizes(X)
+            X = None
+        else:
+            self.sizes_ = self._sizes(self.like)
+        n = sum(self.sizes_)
         if X is not None and len(X) != n:
             raise DataError(f"X has {len(X)} rows but the reference sizes cover {n} neurons")
         perm = np.random.default_rng(self.random_state).permutation(n)
-        self._set_result(np.split(perm, np.cumsum(self.sizes)[:-1]), n)
+        self._set_result(np.split(perm, np.cumsum(self.sizes_)[:-1]), n)
         return self
 
 
-class SphericalKMeans(BasePartitioner):
+class SphericalKMeans(Partitioner):
     """k-means on the L2-normalised rows of the input projection (gate rows of gated MLPs).
 
     Approximation, stated: scikit-learn has no spherical k-means, so this is Euclidean k-means
@@ -143,18 +148,20 @@ class SphericalKMeans(BasePartitioner):
     ``len(coalitions_)`` can be below ``n_clusters`` (only with duplicate rows).
     """
 
+    requires = "rows"
+
     def __init__(self, n_clusters: int | None = None, *, n_iter: int = 25, random_state: int | None = None):
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.random_state = random_state
 
-    def fit(self, X: Any) -> SphericalKMeans:
+    def fit(self, X: Any, y: Any = None) -> SphericalKMeans:
         """Cluster the rows of ``X`` (n neurons x d_model)."""
         from sklearn.cluster import KMeans
 
         arr = _check_matrix(X, "X (input-projection rows)")
         k = _n_clusters(self.n_clusters, arr.shape[0])
-        if not isinstance(self.n_iter, int) or self.n_iter < 1:
+        if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, int | np.integer) or self.n_iter < 1:
             raise ConfigError(f"n_iter must be a positive integer, got {self.n_iter!r}")
         norms = np.linalg.norm(arr, axis=1, keepdims=True)
         unit = arr / np.where(norms > 0, norms, 1.0)
@@ -168,7 +175,7 @@ class SphericalKMeans(BasePartitioner):
         return self
 
 
-class Hierarchical(BasePartitioner):
+class Hierarchical(Partitioner):
     """Agglomerative clustering of activation profiles (neurons x pooled examples).
 
     Average linkage on cosine distance (scikit-learn ``AgglomerativeClustering`` on a
@@ -180,13 +187,20 @@ class Hierarchical(BasePartitioner):
     ``random_state`` is accepted for the common interface and not used. Memory is O(n^2).
     """
 
+    requires = "profiles"
+    deterministic = True
+    linkage = "average"
+    metric = "cosine"
+
     def __init__(self, n_clusters: int | None = None, *, random_state: int | None = None):
         self.n_clusters = n_clusters
-        self.linkage = "average"
-        self.metric = "cosine"
         self.random_state = random_state
 
-    def fit(self, X: Any) -> Hierarchical:
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"linkage": "average", "metric": "cosine"}`` for the partition file."""
+        return {"linkage": self.linkage, "metric": self.metric}
+
+    def fit(self, X: Any, y: Any = None) -> Hierarchical:
         """Cluster the rows of ``X`` (n neurons x m pooled examples)."""
         from sklearn.cluster import AgglomerativeClustering
         from sklearn.metrics.pairwise import cosine_distances
@@ -204,9 +218,6 @@ class Hierarchical(BasePartitioner):
         self._set_result(coalitions_from_labels(labels), n)
         return self
 
-
-DEFAULT_MAX_PARTNERS = 512
-"""Default ``max_partners`` of :class:`PhiCommunities` (chosen by measurement, see its docstring)."""
 
 _BLOCK_BYTES = 1 << 25  # ~32 MiB of argpartition indices per row block
 
@@ -314,7 +325,7 @@ BACKENDS = ("sknetwork", "networkx")
 """Louvain implementations :class:`PhiCommunities` can use (``backend=``)."""
 
 
-class PhiCommunities(BasePartitioner):
+class PhiCommunities(Partitioner):
     """Louvain communities of the weighted graph of positive phi.
 
     Nodes are the n neurons; edges come from :func:`positive_partner_graph`: each neuron keeps
@@ -371,6 +382,8 @@ class PhiCommunities(BasePartitioner):
     0.3-1.0 s).
     """
 
+    requires = "phi"
+
     def __init__(
         self,
         resolution: float = 1.0,
@@ -388,7 +401,17 @@ class PhiCommunities(BasePartitioner):
         """``positive_partner_graph(phi, self.max_partners)``: build it once, ``fit`` it per seed."""
         return positive_partner_graph(phi, self.max_partners)
 
-    def fit(self, phi: Any) -> PhiCommunities:
+    def prepare(self, X: Any) -> Any:
+        """The sparse graph of a dense phi (built once, then clustered for each seed)."""
+        import scipy.sparse as sp
+
+        return X if sp.issparse(X) else self.graph(X)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"edges": n_edges_}`` for the partition file."""
+        return {"edges": self.n_edges_}
+
+    def fit(self, phi: Any, y: Any = None) -> PhiCommunities:
         """Partition the neurons of ``phi``: a dense n x n phi or its sparse graph (see the class)."""
         import scipy.sparse as sp
 
@@ -444,3 +467,9 @@ class PhiCommunities(BasePartitioner):
         for k, members in enumerate(communities):
             labels[list(members)] = k
         return labels
+
+
+PARTITIONERS.add("random", RandomPartition)
+PARTITIONERS.add("kmeans", SphericalKMeans)
+PARTITIONERS.add("hierarchical", Hierarchical)
+PARTITIONERS.add("phi-communities", PhiCommunities)

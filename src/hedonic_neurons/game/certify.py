@@ -1,4 +1,4 @@
-"""Stability certificates for any partition (method A10).
+"""Stability certificates for any partition.
 
 :func:`certify` estimates how often a coalition drawn from a distribution blocks the
 partition, with an exact (Clopper-Pearson) upper bound; :func:`is_core_stable` checks every
@@ -8,7 +8,7 @@ to its own coalition (:func:`~hedonic_neurons.game.utility.prefers`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,8 +16,8 @@ import numpy as np
 
 from hedonic_neurons.artifacts import labels_from_coalitions, validate_phi
 from hedonic_neurons.errors import ConfigError, PhiError
+from hedonic_neurons.game.checks import SAMPLE_CHUNK, check_count, check_k, check_sizes, check_unit
 from hedonic_neurons.game.sampling import SizeGroup, group_by_size, phi_coalitions, uniform_coalitions
-from hedonic_neurons.game.solvers import SAMPLE_CHUNK, check_count, check_k, check_sizes, check_unit
 from hedonic_neurons.game.utility import group_choice, prefers, sample_choice
 
 DISTRIBUTIONS = ("uniform", "phi")
@@ -119,7 +119,7 @@ def certify(
 ) -> Certificate:
     """Blocking rate of ``coalitions`` (a partition of 0..n-1) among sampled coalitions.
 
-    ``distribution="uniform"`` is D of method A8 (size uniform on {min_size..max_size}, then a
+    ``distribution="uniform"`` is the solver's D (size uniform on {min_size..max_size}, then a
     uniform subset); ``"phi"`` grows each coalition from a uniformly random seed neuron by
     drawing partners in proportion to their positive phi with the seed (see
     :func:`~hedonic_neurons.game.sampling.phi_coalitions`), a harder test. Samples are drawn
@@ -163,6 +163,43 @@ def certify(
         max_size=hi,
         blocking_coalition=None if first is None else first[1],
     )
+
+
+def certificates(
+    phi: Any,
+    coalitions: Sequence[Sequence[int]] | PreparedPartition,
+    *,
+    k: int = 2,
+    n_samples: int = 100_000,
+    distributions: Sequence[str] = DISTRIBUTIONS,
+    min_size: int = 2,
+    max_size: int = 10,
+    delta: float = 0.05,
+    random_state: int | Mapping[str, Any] | None = None,
+) -> dict[str, Certificate]:
+    """One :func:`certify` per distribution, with the choice sets of the partition computed once.
+
+    ``random_state``: an int seed s gives the i-th distribution (1-based, in the order of
+    ``distributions``) the stream ``numpy.random.default_rng([s, i])``, so the certificates are
+    independent and each is reproducible; a mapping gives each distribution its own
+    ``random_state`` as is; None draws fresh entropy. This is how ``hedonic solve`` certifies
+    (``random_state=seed``).
+    """
+    phi = validate_phi(phi)
+    prepared = _prepared(phi, coalitions, check_k(k, phi.shape[0]))
+    out: dict[str, Certificate] = {}
+    for i, dist in enumerate(distributions, start=1):
+        if isinstance(random_state, Mapping):
+            if dist not in random_state:
+                raise ConfigError(f"random_state names no seed for distribution {dist!r}")
+            rs = random_state[dist]
+        else:
+            rs = None if random_state is None else np.random.default_rng([random_state, i])
+        out[dist] = certify(
+            phi, prepared, k=k, n_samples=n_samples, distribution=dist,
+            min_size=min_size, max_size=max_size, delta=delta, random_state=rs,
+        )  # fmt: skip
+    return out
 
 
 def is_core_stable(

@@ -1,12 +1,15 @@
 """``hedonic solve``: partition one layer's phi into coalitions.
 
-The command only loads phi, runs :mod:`hedonic_neurons.game` and writes the partition file
-(``artifacts.save_partition``) with the stability certificate under both distributions.
+The command only loads phi, runs the solver through the one dispatch
+(:func:`hedonic_neurons.partition.partition_layer`, as ``hedonic run`` does) and writes the
+partition file with the stability certificate under both distributions
+(:func:`hedonic_neurons.game.certify.certificates`). The partition's method is
+``hedonic-<metric>`` (the metric from the phi file's sidecar; ``hedonic`` without one), and
+``params["solver"]`` is ``exact`` or ``pac``.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ def check_solve(phi_path: Path, out: Path, *, k: int, certify_samples: int) -> i
     """What ``hedonic solve`` can check before solving: the output path, the phi file's header
     (a float n x n tensor ``phi``), 1 <= k < n and the certificate budget. Returns n."""
     from hedonic_neurons import validation
-    from hedonic_neurons.game.solvers import check_count
+    from hedonic_neurons.game.checks import check_count
 
     validation.check_output_file(out, "--out")
     n = validation.check_phi_file(phi_path, "PHI")
@@ -50,77 +53,61 @@ def solve_phi(
 
     Everything that can be checked before solving is (:func:`check_solve`), and ``out`` is locked
     while solving (a second solve writing the same file is refused)."""
-    import numpy as np
-
-    from hedonic_neurons.artifacts import load_phi, read_json, save_partition, size_summary
-    from hedonic_neurons.game import PACTopCover, TopCover, certify, prepare_partition
+    from hedonic_neurons.artifacts import load_phi, read_json
+    from hedonic_neurons.errors import DataError
+    from hedonic_neurons.game.certify import certificates
+    from hedonic_neurons.partition import LayerInputs, partition_layer
 
     check_solve(phi_path, out, k=k, certify_samples=certify_samples)  # fail before the solve, not after
     phi = load_phi(phi_path)
     sidecar_path = Path(phi_path).with_suffix(".json")
     sidecar = read_json(sidecar_path) if sidecar_path.is_file() else None
     if sidecar is not None and not isinstance(sidecar, dict):
-        from hedonic_neurons.errors import DataError
-
         raise DataError(f"{sidecar_path}: not a phi sidecar (expected a JSON object); delete or fix it")
-    if exact:
-        est: Any = TopCover(k, progress=progress)
-    else:
-        est = PACTopCover(
-            k, epsilon, delta, n_samples, min_size, max_size, random_state=seed,
-            sampling=sampling, phi_power=phi_power, progress=progress,
-        )  # fmt: skip
-    t0 = time.perf_counter()
-    est.fit(phi)
-    seconds = time.perf_counter() - t0
-    prepared = prepare_partition(phi, est.coalitions_, k)
-    certificates = {
-        dist: certify(
-            phi,
-            prepared,
-            k=k,
-            n_samples=certify_samples,
-            distribution=dist,
-            min_size=min_size,
-            max_size=max_size,
-            delta=delta,
-            random_state=np.random.default_rng([seed, i]),
-        ).to_dict()
-        for i, dist in enumerate(("uniform", "phi"), start=1)
-    }
-    params = {
-        "solver": type(est).__name__,
+    sidecar = sidecar or {}
+    pac = not exact
+    game = {
+        "solver": "exact" if exact else "pac",
         "k": k,
         "epsilon": epsilon,
         "delta": delta,
         "n_samples": n_samples,
         "min_size": min_size,
         "max_size": max_size,
-        "sampling": None if exact else sampling,
-        "phi_power": phi_power if not exact and sampling == "phi" else None,
-        "seed": seed,
-        "certify_samples": certify_samples,
-        "phi": str(phi_path),
+        "sampling": sampling if pac else None,
+        "phi_power": phi_power if pac and sampling == "phi" else None,
+        "progress": progress,
     }
-    diagnostics = {
-        "seconds": seconds,
-        "n_rounds": est.n_rounds_,
-        "n_samples": getattr(est, "n_samples_", None),
-        "rounds": est.diagnostics_,
-    }
-    extra: dict[str, Any] = {"certificate": certificates, "diagnostics": diagnostics}
-    if sidecar is not None:
-        extra["phi_metadata"] = sidecar
-    layer = sidecar.get("layer") if isinstance(sidecar, dict) else None
-    save_partition(
-        out,
-        est.coalitions_,
-        method="hedonic-exact" if exact else "hedonic-pac",
-        params=params,
-        layer=layer,
-        extra=extra,
-    )
-    return {"sizes": size_summary(est.coalitions_), "certificate": certificates, "seconds": seconds}
+    settings = {**game, "sampling": sampling, "phi_power": phi_power}  # what the solver is given
+    timings: dict[str, float] = {}
+    metric = sidecar.get("metric") if isinstance(sidecar.get("metric"), str) else None
+    layer = sidecar.get("layer")
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        layer = None  # a sidecar without a usable layer: the partition names none
+    (part,) = partition_layer(
+        layer,
+        inputs=LayerInputs(phi=lambda _metric: phi, n_neurons=phi.shape[0]),
+        metrics=[metric],
+        game=settings,
+        seeds=[seed],
+        timings=timings,
+    ).values()
+    seconds = timings.get("solver", 0.0)
+    certs = {
+        dist: cert.to_dict()
+        for dist, cert in certificates(
+            phi, part, k=k, n_samples=certify_samples, min_size=min_size, max_size=max_size,
+            delta=delta, random_state=seed,
+        ).items()
+    }  # fmt: skip
+    game.pop("progress")
+    part.params = {**game, "seed": seed, "certify_samples": certify_samples, "phi": str(phi_path)}
+    part.extra["diagnostics"] = {"seconds": seconds, **part.extra.get("diagnostics", {})}
+    part.extra["certificate"] = certs
+    if sidecar_path.is_file():
+        part.extra["phi_metadata"] = sidecar
+    part.save(out)
+    return {"sizes": part.size_summary(), "certificate": certs, "seconds": seconds, "partition": part}
 
 
 def _certificate_line(cert: dict[str, Any]) -> str:
@@ -146,7 +133,12 @@ def register(app: typer.Typer) -> None:
             "--n-samples",
             help="samples per re-estimated neuron and round (default: from epsilon, delta)",
         ),
-        exact: bool = typer.Option(False, "--exact", help="exact Top Covering instead of PAC sampling"),
+        exact: bool = typer.Option(
+            False,
+            "--exact/--pac",
+            metavar="",  # a flag takes no value: no "<bool>" in --help
+            help="exact Top Covering, or PAC Top Covering from sampled coalitions",
+        ),
         seed: int = typer.Option(0, "--seed", help="random_state of the solver and the certificates"),
         certify_samples: int = typer.Option(
             100_000, "--certify-samples", help="coalitions drawn for each certificate"

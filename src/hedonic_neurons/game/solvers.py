@@ -1,4 +1,4 @@
-"""Top Covering solvers: exact (method A9) and PAC, from sampled coalitions (method A8).
+"""Top Covering solvers: exact, and PAC (choice sets from sampled coalitions).
 
 Both repeat one round until every neuron is placed: compute a choice set B_i for every
 remaining neuron, build the digraph i -> j for j in B_i, output **all** its sink strongly
@@ -14,56 +14,38 @@ connected components as coalitions, and remove them. They differ only in B_i:
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import numpy as np
 
-from hedonic_neurons.artifacts import canonical_coalitions, labels_from_coalitions, validate_phi
+from hedonic_neurons.artifacts import validate_phi
 from hedonic_neurons.errors import ConfigError
+from hedonic_neurons.game.checks import SAMPLE_CHUNK, check_count, check_k, check_sizes, check_unit
 from hedonic_neurons.game.digraph import groups_of, sink_labels
 from hedonic_neurons.game.sampling import grown_coalitions, subset_indices
 from hedonic_neurons.game.significance import check_min_z, significant_phi
 from hedonic_neurons.game.utility import Choice, choice_sets, group_choice
+from hedonic_neurons.partitioner import PARTITIONERS, Partitioner
 
-#: Samples evaluated at once in a PAC round (bounds the working memory of a round).
-SAMPLE_CHUNK = 1 << 16
+__all__ = [
+    "SAMPLE_CHUNK",
+    "SAMPLINGS",
+    "PACTopCover",
+    "TopCover",
+    "check_count",
+    "check_k",
+    "check_sizes",
+    "check_unit",
+    "pac_budget",
+    "thresholded",
+]
 
 #: The sampling distributions of :class:`PACTopCover`.
 SAMPLINGS = ("uniform", "phi")
 
 
 # ------------------------------------------------------------------------------- validation
-
-
-def check_k(k: Any, n: int) -> int:
-    """``k`` must be an integer with 1 <= k < n."""
-    if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k < n:
-        raise ConfigError(f"k must be an integer with 1 <= k < n = {n} (the number of neurons), got {k!r}")
-    return int(k)
-
-
-def check_unit(name: str, value: Any) -> float:
-    """A probability parameter (epsilon, delta) must lie strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < 1:
-        raise ConfigError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
-    return float(value)
-
-
-def check_count(name: str, value: Any, minimum: int = 1) -> int:
-    """A positive integer parameter."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_sizes(min_size: Any, max_size: Any) -> tuple[int, int]:
-    """Coalition sizes of D: integers with 1 <= min_size <= max_size."""
-    lo = check_count("min_size", min_size)
-    hi = check_count("max_size", max_size)
-    if hi < lo:
-        raise ConfigError(f"max_size must be >= min_size, got min_size={lo}, max_size={hi}")
-    return lo, hi
 
 
 def thresholded(phi: Any, se: Any, min_z: Any) -> np.ndarray:
@@ -138,8 +120,7 @@ class _Peeling:
 
 
 def _set_results(est: Any, peeling: _Peeling) -> None:
-    est.coalitions_ = canonical_coalitions(peeling.coalitions)
-    est.labels_ = labels_from_coalitions(est.coalitions_, peeling.n)
+    est._set_result(peeling.coalitions, peeling.n)
     est.removal_round_ = peeling.removal_round
     est.n_rounds_ = len(peeling.diagnostics)
     est.diagnostics_ = peeling.diagnostics
@@ -148,8 +129,8 @@ def _set_results(est: Any, peeling: _Peeling) -> None:
 # ------------------------------------------------------------------------------ TopCover
 
 
-class TopCover:
-    """Exact Top Covering (method A9): B_i = Ch(i, R), computed from phi.
+class TopCover(Partitioner):
+    """Exact Top Covering: B_i = Ch(i, R), computed from phi (registered as ``"exact"``).
 
     Each round removes every sink SCC of the choice digraph on the remaining neurons R. Only
     neurons whose choice set lost a member are recomputed; for that every neuron keeps a
@@ -159,14 +140,18 @@ class TopCover:
     Attributes after :meth:`fit`: ``coalitions_`` (sorted int lists covering 0..n-1 once,
     largest first), ``labels_``, ``removal_round_`` (round in which each neuron was placed),
     ``n_rounds_``, ``diagnostics_`` (one dict per round: remaining, removed, n_sink_sccs,
-    largest_removed, recomputed).
+    largest_removed, recomputed), and ``partition_``. A :class:`~hedonic_neurons.partition.Partitioner`
+    that requires phi; deterministic (it has no ``random_state``).
     """
+
+    requires = "phi"
+    hedonic = True
+    deterministic = True
 
     def __init__(self, k: int = 2, *, min_z: float | None = None, progress: bool = False) -> None:
         self.k = k
         self.min_z = min_z
         self.progress = progress
-        self.random_state = None  # deterministic; kept for the shared estimator interface
 
     def fit(self, phi: Any, se: Any = None) -> TopCover:
         """Partition the neurons of ``phi`` (n x n, symmetric); returns ``self``.
@@ -195,6 +180,10 @@ class TopCover:
             peeling.close()
         _set_results(self, peeling)
         return self
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"diagnostics": {"n_rounds", "rounds"}}`` for the partition file."""
+        return {"diagnostics": {"n_rounds": self.n_rounds_, "rounds": self.diagnostics_}}
 
     @staticmethod
     def _refresh(
@@ -234,8 +223,9 @@ def pac_budget(remaining: int, epsilon: float, delta: float, round_index: int) -
     return max(1, math.ceil(math.log(remaining * t * (t + 1) / delta) / epsilon))
 
 
-class PACTopCover:
-    """PAC Top Covering (method A8): Top Covering with choice sets estimated from samples.
+class PACTopCover(Partitioner):
+    """PAC Top Covering: Top Covering with choice sets estimated from samples (registered as
+    ``"pac"``).
 
     Round t works on the remaining neurons R. A neuron i whose choice set must be (re-)estimated
     gets fresh samples, coalitions of R that contain i, from a distribution D_i chosen by
@@ -316,8 +306,12 @@ class PACTopCover:
     Attributes after :meth:`fit`: ``coalitions_``, ``labels_``, ``removal_round_``,
     ``n_rounds_``, ``n_samples_`` (total drawn), ``diagnostics_`` (one dict per round:
     remaining, estimated, samples_per_neuron, samples, removed, n_sink_sccs,
-    largest_removed).
+    largest_removed), and ``partition_``. A :class:`~hedonic_neurons.partition.Partitioner` that
+    requires phi.
     """
+
+    requires = "phi"
+    hedonic = True
 
     def __init__(
         self,
@@ -400,6 +394,16 @@ class PACTopCover:
         _set_results(self, peeling)
         self.n_samples_ = total
         return self
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"diagnostics": {"n_rounds", "n_samples", "rounds"}}`` for the partition file."""
+        return {
+            "diagnostics": {
+                "n_rounds": self.n_rounds_,
+                "n_samples": self.n_samples_,
+                "rounds": self.diagnostics_,
+            }
+        }
 
 
 def sampled_choice(
@@ -515,3 +519,7 @@ def best_entries(
         first[1:] = player[order[1:]] != player[order[:-1]]
         out[player[order[first]]] = order[first]
     return out
+
+
+PARTITIONERS.add("exact", TopCover)
+PARTITIONERS.add("pac", PACTopCover)
