@@ -13,7 +13,7 @@ import torch
 from hedonic_neurons.data import Pair, demo_corpus, task_targets
 from hedonic_neurons.errors import ConfigError, ModelError
 from hedonic_neurons.models.adapters import mlp_module_names
-from hedonic_neurons.models.finetune import (
+from hedonic_neurons.models.training import (
     FinetuneConfig,
     add_lora,
     default_layer_band,
@@ -237,7 +237,7 @@ def test_train_with_head_probe_records_it(demo):
 
 def test_crop_passage_is_a_contiguous_span_of_at_least_30_percent():
     from hedonic_neurons.data import Pair
-    from hedonic_neurons.models.finetune import crop_passage
+    from hedonic_neurons.models.training import crop_passage
 
     words = [f"w{i}" for i in range(20)]
     pair = Pair("q", "p", "query", " ".join(words))

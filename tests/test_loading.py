@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from hedonic_neurons.errors import ConfigError, DataError, ModelError
 from hedonic_neurons.models import HEAD_SEED, InputFormat, adapters, load_model
 from hedonic_neurons.models import loading as loading_mod
+from hedonic_neurons.models.builtins import package_folder
 from hedonic_neurons.models.inputs import DEFAULT_TEMPLATE
 from tiny import FAMILIES, GATED, tiny_model
 
@@ -571,7 +572,7 @@ def test_smollm2_from_cache(smollm2_cache, monkeypatch):
     from gguf.quants import dequantize
 
     builtin = loading_mod.BUILTINS["smollm2"]
-    reader = GGUFReader(loading_mod._package_folder(builtin) / builtin.gguf)
+    reader = GGUFReader(package_folder(builtin) / builtin.gguf)
     tensor = next(t for t in reader.tensors if t.name == "blk.7.ffn_down.weight")
     expected = torch.from_numpy(dequantize(tensor.data, tensor.tensor_type).copy())
     assert torch.equal(nm.mlp_weights(7).down, expected)

@@ -389,3 +389,112 @@ def test_minilm_activations_and_batching():
     for layer in (3, 5):
         batched, *singles = rec.kept[layer]
         torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-token records (pooling="none")
+
+
+def _plain_forward_activations(model: nn.Module, batch: dict, layer: int) -> torch.Tensor:
+    """(B, T, n) activations of ``layer`` by a plain forward with an output hook on the module
+    that feeds the MLP (no library hook), computed by hand from the MLP weights."""
+    store: list[torch.Tensor] = []
+    handle = mlp_input_hook(model, layer, store)
+    try:
+        with torch.no_grad():
+            model(**model_inputs(batch))
+    finally:
+        handle.remove()
+    return mlp_weights(model, layer).activations(store[0]).detach()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_per_token_record_equals_plain_forward(family, side):
+    """pooling='none': per input, the token ids, positions (0.. over real tokens) and activations
+    of every non-pad token equal a plain forward's, input indices running on across batches."""
+    if family == "bert" and side == "left":
+        pytest.skip("BERT reads the first token: left padding is not used")
+    model = tiny_model(family)
+    batches = [pad_batch(sequences(seed=3), side), pad_batch(sequences(seed=4, lengths=(5, 2)), side)]
+    with record(model, [0, 2], pooling="none", keep=True) as rec:
+        for batch in batches:
+            rec(batch)
+    tokens = rec.tokens
+    assert len(tokens) == 5 and tokens.n_tokens == sum(LENGTHS) + 7
+    assert int(rec.moments[2].count) == tokens.n_tokens  # moments see tokens, as with "tokens"
+    i = 0
+    for batch in batches:
+        hand = {layer: _plain_forward_activations(model, batch, layer) for layer in (0, 2)}
+        for row in range(batch["input_ids"].shape[0]):
+            real = batch["attention_mask"][row].bool()
+            for layer in (0, 2):
+                got = tokens.input(i, layer)
+                assert got.input == i
+                assert got.token_ids.tolist() == batch["input_ids"][row][real].tolist()
+                assert got.positions.tolist() == list(range(int(real.sum())))
+                np.testing.assert_allclose(got.activations, hand[layer][row][real].numpy(), atol=1e-5, rtol=0)
+                cols = tokens.input(i, layer, neurons=[5, 1]).activations
+                np.testing.assert_array_equal(cols, got.activations[:, [5, 1]])
+            i += 1
+    with pytest.raises(DataError, match="layer="):
+        tokens[0]  # two layers recorded: the layer must be named
+    with pytest.raises(DataError, match="layer 1 was not recorded"):
+        tokens.input(0, 1)
+    with pytest.raises(DataError, match="out of range"):
+        tokens.input(5, 0)
+
+
+def test_per_token_chunks_on_disk_equal_memory(tmp_path):
+    """Streamed to a folder in chunks of 4 tokens (inputs split across chunks), the record reads back
+    (also after TokenRecord.open) exactly as the in-memory one; memory holds under one chunk."""
+    from hedonic_neurons.neurons.recording import TokenRecord
+
+    model = tiny_model("llama")
+    batches = [pad_batch(sequences(seed=s), "right") for s in (1, 2, 3)]
+    with record(model, [1], pooling="none", moments=False) as memory:
+        for batch in batches:
+            memory(batch)
+    with record(model, [1], pooling="none", moments=False, out=tmp_path / "tok", chunk_tokens=4) as disk:
+        for batch in batches:
+            disk(batch)
+            assert disk.tokens._buffered < 4 and not disk.tokens._memory  # bounded: < one chunk kept
+    n_tokens = 3 * sum(LENGTHS)
+    assert len(list((tmp_path / "tok").glob("chunk-*.L1.npy"))) == -(-n_tokens // 4)
+    reopened = TokenRecord.open(tmp_path / "tok")
+    assert len(memory.tokens) == len(disk.tokens) == len(reopened) == 9
+    for i in range(9):
+        ref = memory.tokens[i]
+        for other in (disk.tokens[i], reopened[i]):
+            tokens, positions, acts = other
+            np.testing.assert_array_equal(tokens, ref.token_ids)
+            np.testing.assert_array_equal(positions, ref.positions)
+            np.testing.assert_array_equal(acts, ref.activations)
+    streamed = np.concatenate([a for _, a in reopened.chunks()])
+    np.testing.assert_array_equal(streamed, np.concatenate([t.activations for t in memory.tokens]))
+    # inputs of 3, 6, 8 tokens: chunk 0 = input 0 + 1 token of input 1, which spans chunks 0-2
+    assert [int(m[0, 0]) for m, _ in reopened.chunks()][:3] == [0, 1, 1]
+
+
+def test_per_token_record_errors(tmp_path):
+    from hedonic_neurons.errors import ConfigError
+
+    model = tiny_model("llama")
+    batch = pad_batch(sequences(), "right")
+    with pytest.raises(ConfigError, match="pooling='none'"), record(model, 0, pooling="mean", out=tmp_path):
+        pass
+    with (
+        pytest.raises(ConfigError, match="chunk_tokens= must be a positive integer"),
+        record(model, 0, pooling="none", chunk_tokens=0),
+    ):
+        pass
+    with record(model, 0, pooling="none", out=tmp_path / "a") as rec:
+        rec(batch)
+        with pytest.raises(ModelError, match="still running"):
+            rec.tokens[0]
+    with (
+        pytest.raises(ConfigError, match="already holds a token recording"),
+        record(model, 0, pooling="none", out=tmp_path / "a"),
+    ):
+        pass
+    assert hook_count(model) == 0

@@ -1,6 +1,8 @@
 """Models: architecture adapters (the neuron site), loading (transformers + peft), input format.
 
-:func:`load_model` -> :class:`NeuronModel` (model, tokenizer, reference MLP weights, input format);
+:func:`load_model` (names, paths, model objects) and :meth:`NeuronModel.from_hf` (model objects)
+-> :class:`NeuronModel` (model, tokenizer, reference MLP weights, input format); the reference
+kinds are :class:`LoraReference`, :class:`CheckpointReference` and :class:`ModelReference`;
 :class:`InputFormat` is the one place model inputs are formatted; the adapter functions locate
 each family's MLP modules (see :mod:`hedonic_neurons.models.adapters`).
 
@@ -22,8 +24,11 @@ _EXPORTS = {
         "block",
         "body",
         "check_layer",
+        "effective_weight",
         "final_norm",
         "get_spec",
+        "is_encoder",
+        "is_peft",
         "linear_weight",
         "mlp_module_names",
         "mlp_modules",
@@ -31,9 +36,18 @@ _EXPORTS = {
         "n_layers",
         "n_neurons",
         "supported_model_types",
+        "unwrap_peft",
     ),
     "hedonic_neurons.models.inputs": ("InputFormat",),
-    "hedonic_neurons.models.loading": ("BUILTINS", "HEAD_SEED", "NeuronModel", "load_model"),
+    "hedonic_neurons.models.loading": ("BUILTINS", "HEAD_SEED", "load_model"),
+    "hedonic_neurons.models.neuron_model": ("NeuronModel",),
+    "hedonic_neurons.models.reference": (
+        "CheckpointReference",
+        "LoraReference",
+        "ModelReference",
+        "Reference",
+    ),
+    "hedonic_neurons.models.interop": ("unwrap_model",),
     "hedonic_neurons.models.plant": ("PlantResult", "PlantSpec", "load_ground_truth", "pair_deltas", "plant"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

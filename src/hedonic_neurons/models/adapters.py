@@ -38,6 +38,7 @@ class ArchSpec:
     post_norm: str | None = None  # post-LN models (BERT): the norm after the residual add in a block
     mlp_norm: str | None = None  # the norm that feeds the MLP, relative to a block (None: post-LN)
     width_keys: tuple[str, ...] = ("intermediate_size",)
+    encoder: bool = False  # bidirectional encoder (BERT): pair-encoded inputs, CLS readout, no causal head
 
     @property
     def gated(self) -> bool:
@@ -98,6 +99,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         down="output.dense",
         act="intermediate.intermediate_act_fn",
         post_norm="output.LayerNorm",
+        encoder=True,
     ),
 )
 
@@ -120,6 +122,24 @@ def get_spec(model_or_config: Any) -> ArchSpec:
     return _BY_TYPE[model_type]
 
 
+def is_encoder(model_or_config: Any) -> bool:
+    """Whether the model (or config) is a bidirectional encoder (BERT-style): its inputs are the
+    tokenizer's pair encoding, its head reads the first (CLS) token, and it has no causal-LM head.
+    Decoders (LLaMA, Mistral, Qwen2, GPT-NeoX, GPT-2) read the last non-pad token."""
+    return get_spec(model_or_config).encoder
+
+
+def is_peft(model: Any) -> bool:
+    """Whether ``model`` is a peft wrapper (``PeftModel`` and its task subclasses)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside a peft wrapper (LoRA layers still in it, unmerged), else
+    ``model`` itself. ``PeftModel.base_model`` is a ``LoraModel`` whose ``.model`` is that model."""
+    return model.get_base_model() if is_peft(model) else model
+
+
 def _get(root: nn.Module, path: str) -> Any:
     obj: Any = root
     for part in path.split("."):
@@ -129,11 +149,15 @@ def _get(root: nn.Module, path: str) -> Any:
 
 def body(model: nn.Module) -> nn.Module:
     """The transformer body (``model.base_model``), also through a peft wrapper."""
-    inner = model
-    # peft: PeftModel.base_model is a LoraModel whose .model is the HF model
-    if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return inner.base_model
+    return unwrap_peft(model).base_model
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    """The name of ``module`` in ``model.named_modules()`` (a one-line ModelError if absent)."""
+    for name, mod in model.named_modules():
+        if mod is module:
+            return name
+    raise ModelError(f"module {type(module).__name__} is not part of the model")
 
 
 def n_layers(model: nn.Module) -> int:
@@ -263,20 +287,68 @@ class MLPWeights:
         return torch.nn.functional.linear(a, self.down, self.down_bias)
 
 
-def mlp_weights(model: nn.Module, layer: int) -> MLPWeights:
-    """The layer's current MLP weights (views of the model's parameters, no copy).
+def _lora_state(module: nn.Module) -> tuple[list[str], list[str]] | None:
+    """For a peft LoRA layer: (adapters to add to the stored weight, merged adapters to take out of
+    it) so that the weight equals what its forward computes; None for any other module."""
+    if not hasattr(module, "lora_A"):  # not peft: no need to import it
+        return None
+    from peft.tuners.lora import LoraLayer
 
-    For a model with an attached (unmerged) LoRA adapter use the loader's merged weights instead;
-    this reads ``.weight`` of plain ``Linear``/``Conv1D`` modules.
+    if not isinstance(module, LoraLayer):
+        return None
+    merged = [a for a in module.merged_adapters if a in module.lora_A]
+    active = [] if module.disable_adapters else [a for a in module.active_adapters if a in module.lora_A]
+    return [a for a in active if a not in merged], [a for a in merged if a not in active]
+
+
+def effective_weight(module: nn.Module, conv1d: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight as (out, in), bias) of a projection as its forward applies them.
+
+    A plain ``Linear`` / ``Conv1D``: views of its parameters. A peft LoRA layer whose adapter is
+    not merged: new tensors ``W + scaling * B @ A`` (summed over the active adapters, in the
+    weight's dtype, the same arithmetic as peft's merge) and ``b + scaling * b_B`` for adapters
+    with a trained bias; a LoRA variant that is not a low-rank sum (DoRA, ...) is a ModelError.
+    """
+    state = _lora_state(module)
+    if state is None:
+        return linear_weight(module, conv1d), module.bias
+    add, remove = state
+    base = module.get_base_layer()
+    weight, bias = base.weight, base.bias
+    if not add and not remove:
+        return linear_weight(base, conv1d), bias
+    variants = [a for a in add + remove if a in getattr(module, "lora_variant", {})]
+    if variants:
+        raise ModelError(
+            f"{type(module).__name__} carries LoRA variant adapter(s) {', '.join(variants)} (e.g. DoRA): "
+            "only plain low-rank LoRA weights can be read unmerged; merge the adapter first "
+            "(peft merge_and_unload) or load the model through load_model / NeuronModel.from_hf"
+        )
+    with torch.no_grad():
+        weight = weight.detach().clone()
+        bias = None if bias is None else bias.detach().clone()
+        for sign, names in ((1.0, add), (-1.0, remove)):
+            for name in names:
+                delta = module.get_delta_weight(name)
+                weight += sign * delta.to(weight.dtype)
+                if module.lora_bias.get(name) and bias is not None:
+                    bias += sign * (module.lora_B[name].bias * module.scaling[name]).to(bias.dtype)
+    return (weight.t() if conv1d else weight), bias
+
+
+def mlp_weights(model: nn.Module, layer: int) -> MLPWeights:
+    """The layer's current MLP weights, as the model's forward applies them.
+
+    For plain ``Linear`` / ``Conv1D`` projections these are views of the model's parameters (no
+    copy). For peft LoRA layers that are not merged (a ``PeftModel`` as trained), the effective
+    weights ``W + scaling * B @ A`` are computed (new tensors), never the base weights alone; see
+    :func:`effective_weight`.
     """
     mods = mlp_modules(model, layer)
     conv = mods.spec.conv1d
+    up, up_bias = effective_weight(mods.up, conv)
+    down, down_bias = effective_weight(mods.down, conv)
+    gate, gate_bias = effective_weight(mods.gate, conv) if mods.gate is not None else (None, None)
     return MLPWeights(
-        up=linear_weight(mods.up, conv),
-        down=linear_weight(mods.down, conv),
-        act=mods.act,
-        gate=linear_weight(mods.gate, conv) if mods.gate is not None else None,
-        up_bias=mods.up.bias,
-        gate_bias=mods.gate.bias if mods.gate is not None else None,
-        down_bias=mods.down.bias,
+        up=up, down=down, act=mods.act, gate=gate, up_bias=up_bias, gate_bias=gate_bias, down_bias=down_bias
     )

@@ -8,24 +8,7 @@ from typing import Any
 
 import typer
 
-from hedonic_neurons.errors import ConfigError
-
-
-def parse_layers(text: str | None) -> list[int] | None:
-    """``"0,2-4"`` -> [0, 2, 3, 4]; None -> None (all layers). Negative single indices allowed."""
-    if text is None:
-        return None
-    out: list[int] = []
-    for part in text.replace(" ", "").split(","):
-        if re.fullmatch(r"-?\d+", part):
-            out.append(int(part))
-        elif m := re.fullmatch(r"(\d+)-(\d+)", part):
-            out.extend(range(int(m.group(1)), int(m.group(2)) + 1))
-        else:
-            raise ConfigError(
-                f"--layers {text!r}: expected comma-separated layer indices or ranges, e.g. 0,2-4"
-            )
-    return out
+from hedonic_neurons.errors import ConfigError, arg
 
 
 def inspect_summary(nm: Any, layers: list[int] | None = None) -> dict[str, Any]:
@@ -59,7 +42,8 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"score token    id {info['score_token_id']} (the causal head's scalar is its logit)")
     lora = info.get("lora")
     if lora:
-        lines.append(f"adapter        {info['adapter']}  (sha256 {info['adapter_sha256'][:12]})")
+        sha = info.get("adapter_sha256")
+        lines.append(f"adapter        {info['adapter']}" + (f"  (sha256 {sha[:12]})" if sha else ""))
         targets = lora["target_modules"]
         if isinstance(targets, list):  # exact module paths: show them once, relative to a layer
             targets = ", ".join(dict.fromkeys(re.sub(r"^.*?\.\d+\.", "", t) for t in targets))
@@ -120,7 +104,7 @@ def register(app: typer.Typer) -> None:
         facts = validation.check_model_inputs(
             model, adapter=adapter, reference=reference, dtype=dtype, device=device
         )
-        chosen = parse_layers(layers)
+        chosen = None if layers is None else validation.parse_layers(layers, facts.n_layers)
         if chosen is not None:
             chosen = validation.check_layers(chosen, facts, "--layers")
         with (
@@ -140,13 +124,13 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"wrote {json_path}")
 
 
-def _sizes(text: str | None, option: str) -> list[int] | None:
+def _sizes(text: str | None, name: str) -> list[int] | None:
     """``"3,4,8"`` -> [3, 4, 8] (explicit group sizes); None -> None."""
     if text is None:
         return None
     parts = [p for p in text.replace(" ", "").split(",") if p]
     if not parts or not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise ConfigError(f"{option} {text!r}: expected comma-separated group sizes, e.g. 3,4,8")
+        raise ConfigError(f"{arg(name)} {text!r}: expected comma-separated group sizes, e.g. 3,4,8")
     return [int(p) for p in parts]
 
 
@@ -154,7 +138,7 @@ def _size_range(text: str) -> tuple[int, int]:
     """``"3-8"`` -> (3, 8); ``"4"`` -> (4, 4)."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
     if m is None:
-        raise ConfigError(f"--sizes {text!r}: expected a size range like 3-8 (or one size, e.g. 4)")
+        raise ConfigError(f"{arg('sizes')} {text!r}: expected a size range like 3-8 (or one size, e.g. 4)")
     lo = int(m.group(1))
     return lo, int(m.group(2)) if m.group(2) else lo
 
@@ -205,8 +189,8 @@ def plant_command(
         or_groups=or_groups,
         min_size=lo,
         max_size=hi,
-        and_sizes=_sizes(and_sizes, "--and-sizes"),
-        or_sizes=_sizes(or_sizes, "--or-sizes"),
+        and_sizes=_sizes(and_sizes, "and_sizes"),
+        or_sizes=_sizes(or_sizes, "or_sizes"),
         independent=independent,
         features=features,
         effect=effect,
@@ -223,7 +207,8 @@ def plant_command(
         shown = g["verified"].get("mean_delta")
         measured = "" if shown is None else f", mean Δ {shown:+.3g}"
         typer.echo(
-            f"group {g['index']}: {g['kind'].upper()} of {g['size']} ({'co-active' if g['coactive'] else 'independent'}) "
+            f"group {g['index']}: {g['kind'].upper()} of {g['size']} "
+            f"({'co-active' if g['coactive'] else 'independent'}) "
             f"at layer {truth['layer']}, reader {g['reader']} at layer {truth['reader_layer']}{measured}"
         )
     typer.echo(f"wrote {result.model_dir}")

@@ -1,7 +1,8 @@
 """Model objects from other interpretability libraries: what the library accepts in their place.
 
 - nnsight (``nnsight.NNsight(model)``, ``LanguageModel``): the wrapper is unwrapped to the
-  Hugging Face module it traces (``._module``; older versions: ``._model``).
+  Hugging Face module it traces (``._module``; older versions: ``._model``); a
+  ``LanguageModel``'s tokenizer is used when none is given.
 - TransformerLens ``HookedTransformer``: refused. Its weights are re-arranged (folded layer norms,
   split attention heads, its own module names), so the neuron sites of the Hugging Face model do
   not exist in it; pass the Hugging Face model instead.
@@ -46,6 +47,11 @@ def _refuse_transformer_lens(obj: Any) -> ModelError:
         "Hugging Face neuron sites do not exist in it): pass the Hugging Face model instead, e.g. "
         "transformers.AutoModelForSequenceClassification.from_pretrained(...)"
     )
+
+
+def wrapper_tokenizer(obj: Any) -> Any:
+    """The tokenizer an nnsight ``LanguageModel`` carries (``.tokenizer``), else None."""
+    return obj.__dict__.get("tokenizer") if _is_nnsight(obj) else None
 
 
 def unwrap_model(obj: Any) -> nn.Module:

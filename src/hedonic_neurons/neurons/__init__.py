@@ -8,14 +8,23 @@ A neuron is one unit of the input to an MLP's down projection (method A1). See
 
 from hedonic_neurons.neurons.ablation import ablate, ablation_logits, set_masks
 from hedonic_neurons.neurons.readout import LocalHead, SiteCapture, capture_site, full_logits, local_head
-from hedonic_neurons.neurons.recording import Recorder, model_inputs, readout_positions, record
+from hedonic_neurons.neurons.recording import (
+    InputTokens,
+    Recorder,
+    TokenRecord,
+    model_inputs,
+    readout_positions,
+    record,
+)
 from hedonic_neurons.neurons.stats import Moments
 
 __all__ = [
+    "InputTokens",
     "LocalHead",
     "Moments",
     "Recorder",
     "SiteCapture",
+    "TokenRecord",
     "ablate",
     "ablation_logits",
     "capture_site",

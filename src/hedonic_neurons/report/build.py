@@ -2,9 +2,17 @@
 
 Input is the results document assembled by the pipeline (see :func:`hedonic_neurons.pipeline`):
 
+- ``title``, ``banner`` (lines shown first), ``model``, ``task``, ``layers``, ``seeds``, ``notes``;
+- ``finetune``: the fine-tuning metrics (``{"task", "val": {...}, "test": {...}}``, each split with
+  its dataset and Pearson/Spearman/R² or nDCG@10), or None when the model was used as given;
+- ``summary``: plain sentences the evaluation writes (what it concludes against the null);
+- ``explorer``: ``{method: [coalition summary dicts]}`` (:func:`hedonic_neurons.explore.coalition_summaries`;
+  a plain list is shown under one heading);
 - ``table_extrinsic``: rows ``{"method", "ood_drop", "alignment_r2", "synergy", "blocking_upper", ...}``
   whose metric values are :class:`~hedonic_neurons.evaluate.stats.Estimate` dicts;
 - ``table_ridge``: rows ``{"method", "<task>": Estimate}``;
+- ``evaluation_tables``: ``{title: [flat row dicts]}``, values numbers, strings or
+  ``{"mean", "low", "high"}`` dicts (shown as ``mean [low, high]``);
 - ``sizes``: ``{method: {layer: size_summary}}``;
 - ``transitions``: ``{method: [{"source_layer", "target_layer", "percent": {label: %}, ...}]}``;
   rows of the null rule also carry ``tau_alpha``, ``tau_beta``, ``links``, ``median_pct_alpha``,
@@ -12,13 +20,23 @@ Input is the results document assembled by the pipeline (see :func:`hedonic_neur
   per-coalition lineage view is built);
 - ``sankey``: optional file name of the Sankey HTML next to the report.
 
-Matplotlib is imported lazily (it is only needed here) with the non-interactive Agg backend.
+The report opens with a summary (what was run, how well the model does its task, the
+evaluation's sentences), then the coalition explorer, then the tables and figures. report.md and
+report.html hold the same sections and tables. Numbers: each table column that holds floats is
+printed with three decimals, scaled by one power of ten named in its header (``(×10⁻⁹)``) when its
+largest value is below 0.01 or at least 10⁴; counts print as integers. Figures are saved at
+:data:`hedonic_neurons.plot.DPI` with text of at least 10 pt and at most 1,056 px wide, so the page
+(1,068 px of content) never scales them down: text is at least 15 px on screen.
+
+Matplotlib is imported lazily (figures are built without pyplot, so nothing needs closing).
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +51,19 @@ METRIC_TITLES = {
     "k": "coalitions evaluated",
     "ridge_r2": "ridge OOD R² ↑",
 }
-NOT_PLOTTED = {"k"}  # counts, shown in the tables only
+METRIC_NOTES = {
+    "ood_drop": "task metric unablated minus ablated on the out-of-domain test set (higher: the "
+    "coalitions matter more)",
+    "alignment_r2": "R² of the coalitions' mean activation regressed on the IR heuristics",
+    "synergy": "mean φ over pairs of members",
+    "blocking_upper": "95% upper bound on the rate at which random small coalitions block the partition",
+    "blocking_upper_phi": "the same for coalitions grown along positive φ (a harder test)",
+    "k": "how many coalitions (the top K of size ≥ the minimum) entered each figure, per layer and seed; "
+    "fewer than K when a method has fewer eligible coalitions or a baseline had no cluster large "
+    "enough to size-match",
+}
+COUNT_METRICS = {"k"}  # counts: printed as integers, not plotted
+NOT_PLOTTED = COUNT_METRICS
 LABELS = ("persistence", "split", "merge", "vanishing", "emergence", "unstructured")
 SOURCE_LABELS = ("persistence", "split", "merge", "vanishing", "unstructured")  # sum to 100 per row
 #: extra columns of the transition table (null rule), with their titles
@@ -45,17 +75,96 @@ TRANSITION_EXTRA = {
     "median_pct_beta": "median pct β·K",
     "flow_spearman": "flow–mass ρ",
 }
+CONTENT_PX = 1068  # the page's content width (body 1,100 px less padding)
+FONT = 10  # points, the smallest text of every figure
+
+# ------------------------------------------------------------------------------ number formatting
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
-def _fmt(est: Any, digits: int = 3) -> str:
-    if not isinstance(est, dict) or est.get("n", 0) == 0 or est.get("mean") is None:
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_estimate(value: Any) -> bool:
+    return isinstance(value, dict) and "mean" in value
+
+
+def column_scale(values: list[Any]) -> int:
+    """The power of ten a column is divided by: 0 when its largest |value| is in [0.01, 10⁴) (or
+    it has none), else the exponent of that largest value."""
+    numbers = []
+    for v in values:
+        if _is_estimate(v):
+            numbers += [x for x in (v.get("mean"), v.get("low"), v.get("high")) if _finite(x)]
+        elif _finite(v):
+            numbers.append(v)
+    top = max((abs(x) for x in numbers), default=0.0)
+    if top == 0.0 or 1e-2 <= top < 1e4:
+        return 0
+    return math.floor(math.log10(top))
+
+
+def scale_label(exponent: int) -> str:
+    return "" if exponent == 0 else f" (×10{str(exponent).translate(_SUPERSCRIPT)})"
+
+
+def _fmt(est: Any, digits: int = 3, scale: int = 0, count: bool = False) -> str:
+    """An Estimate dict as ``mean ± half-width`` (n ≥ 2), scaled by 10**scale; a count as an integer
+    (or its mean and range over seeds when it varies)."""
+    if not isinstance(est, dict) or not _finite(est.get("mean")) or est.get("n", 1) == 0:
         return "n/a"
-    mean, half = est["mean"], (est["high"] - est["low"]) / 2
-    # small quantities (φ is often ~1e-4) keep significant digits instead of rounding to 0.000
-    spec = f".{digits}f" if abs(mean) >= 10 ** (1 - digits) or mean == 0 else f".{digits - 1}e"
-    if est["n"] < 2:
-        return f"{mean:{spec}}"
-    return f"{mean:{spec}} ± {half:{spec}}"
+    mean = est["mean"]
+    if count:
+        values = [v for v in est.get("values") or [] if _finite(v)]
+        if float(mean).is_integer() and (not values or min(values) == max(values)):
+            return f"{int(mean)}"
+        if values:
+            return f"{mean:.1f} (range {min(values):.0f}–{max(values):.0f})"
+        return f"{mean:.1f}"
+    unit = 10.0**scale
+    if est.get("n", 0) < 2 or not (_finite(est.get("low")) and _finite(est.get("high"))):
+        return f"{mean / unit:.{digits}f}"
+    half = (est["high"] - est["low"]) / 2
+    return f"{mean / unit:.{digits}f} ± {half / unit:.{digits}f}"
+
+
+def _cell(value: Any, scale: int, digits: int = 3) -> str:
+    """A generic table cell: integers as integers, floats scaled, intervals as ``mean [low, high]``."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}".replace(",", " ") if abs(value) >= 10**5 else str(value)
+    unit = 10.0**scale
+    if isinstance(value, float):
+        return f"{value / unit:.{digits}f}" if math.isfinite(value) else "n/a"
+    if _is_estimate(value):
+        mean, low, high = value.get("mean"), value.get("low"), value.get("high")
+        if not _finite(mean):
+            return "n/a"
+        if _finite(low) and _finite(high) and (low, high) != (mean, mean):
+            return f"{mean / unit:.{digits}f} [{low / unit:.{digits}f}, {high / unit:.{digits}f}]"
+        return f"{mean / unit:.{digits}f}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+
+def _md_table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def _html_cells(head: list[str], body: list[list[str]], cls: str = "") -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    tr = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+    attr = f' class="{cls}"' if cls else ""
+    return f'<div class="scroll"><table{attr}><thead><tr>{th}</tr></thead><tbody>{tr}</tbody></table></div>'
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -67,90 +176,163 @@ def _columns(rows: list[dict]) -> list[str]:
     return cols
 
 
+def _method_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and body of a {method, metric: Estimate} table (mean ± CI half-width, scaled per column)."""
+    cols = _columns(rows)
+    scales = {c: 0 if c in COUNT_METRICS else column_scale([r.get(c) for r in rows]) for c in cols}
+    head = ["method", *(METRIC_TITLES.get(c, c) + scale_label(scales[c]) for c in cols)]
+    body = [
+        [str(row["method"]), *(_fmt(row.get(c), scale=scales[c], count=c in COUNT_METRICS) for c in cols)]
+        for row in rows
+    ]
+    return head, body
+
+
 def markdown_table(rows: list[dict]) -> str:
     """Rows of {method, metric: Estimate} as a Markdown table (mean ± CI half-width)."""
-    cols = _columns(rows)
-    head = "| method | " + " | ".join(METRIC_TITLES.get(c, c) for c in cols) + " |"
-    sep = "|---|" + "---|" * len(cols)
-    body = ["| " + row["method"] + " | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for row in rows]
-    return "\n".join([head, sep, *body])
+    return _md_table(*_method_cells(rows))
 
 
 def _html_table(rows: list[dict]) -> str:
-    cols = _columns(rows)
-    head = "".join(f"<th>{html.escape(METRIC_TITLES.get(c, c))}</th>" for c in cols)
-    body = "".join(
-        "<tr><td>"
-        + html.escape(row["method"])
-        + "</td>"
-        + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in cols)
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return _html_cells(*_method_cells(rows))
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _metric_notes(rows: list[dict]) -> list[str]:
+    return [f"{METRIC_TITLES.get(c, c)}: {METRIC_NOTES[c]}" for c in _columns(rows) if c in METRIC_NOTES]
 
 
-def plot_methods(rows: list[dict], path: Path, title: str) -> Path:
-    """One panel per metric: bars = methods, error bars = 95% CI."""
-    plt = _plt()
+def generic_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and body of a table of flat row dicts (numbers, strings or {"mean","low","high"}):
+    columns in first-seen order, float columns scaled by :func:`column_scale`."""
+    cols: list[str] = []
+    for row in rows:
+        for key, value in row.items():
+            if key not in cols and (
+                value is None or isinstance(value, str | int | float | bool) or _is_estimate(value)
+            ):
+                cols.append(key)
+    scales = {}
+    for c in cols:
+        values = [r.get(c) for r in rows]
+        floats = [v for v in values if (isinstance(v, float) or _is_estimate(v))]
+        scales[c] = column_scale(floats) if floats else 0
+    head = [c + scale_label(scales[c]) for c in cols]
+    body = [[_cell(row.get(c), scales[c]) for c in cols] for row in rows]
+    return head, body
+
+
+def _sizes_cells(sizes: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    head = ["method", "layer", "coalitions", "largest", "singletons", "median", "p90"]
+    body = []
+    for method, per_layer in sizes.items():
+        for layer, s in per_layer.items():
+            if not s.get("count"):
+                body.append([method, str(layer), "0", "–", "–", "–", "–"])
+                continue
+            body.append(
+                [
+                    method,
+                    str(layer),
+                    str(s["count"]),
+                    str(s["largest"]),
+                    str(s["singletons"]),
+                    f"{s['median']:.0f}",
+                    f"{s['p90']:.0f}",
+                ]
+            )
+    return head, body
+
+
+def _sizes_md(sizes: dict[str, dict[str, Any]]) -> str:
+    return _md_table(*_sizes_cells(sizes))
+
+
+# ---------------------------------------------------------------------------------------- figures
+
+
+def _grid(panels: int, width: float = 4.6, height: float = 3.6):
+    """A figure of ``panels`` axes, at most two per row (so it is at most 9.6 in = 1,056 px wide)."""
+    from matplotlib.figure import Figure
+
+    from hedonic_neurons.plot import DPI
+
+    cols = 1 if panels <= 1 else 2
+    rows = max(1, math.ceil(panels / cols))
+    fig = Figure(figsize=(width * cols, height * rows + 0.4), dpi=DPI)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[: max(panels, 1)]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from hedonic_neurons.plot import DPI
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def methods_figure(rows: list[dict], title: str):
+    """One panel per metric (at most two per row): bars = methods, error bars = 95% CI."""
     cols = [c for c in _columns(rows) if c not in NOT_PLOTTED]
-    fig, axes = plt.subplots(1, max(len(cols), 1), figsize=(4.2 * max(len(cols), 1), 3.8), squeeze=False)
-    for ax, col in zip(axes[0], cols):
+    fig, axes = _grid(len(cols))
+    for ax, col in zip(axes, cols):
         names, means, errs = [], [], []
         for row in rows:
             est = row.get(col)
-            if isinstance(est, dict) and est.get("n", 0) > 0:
-                names.append(row["method"])
+            if isinstance(est, dict) and est.get("n", 1) > 0 and _finite(est.get("mean")):
+                low = est.get("low") if _finite(est.get("low")) else est["mean"]
+                high = est.get("high") if _finite(est.get("high")) else est["mean"]
+                names.append(str(row["method"]))
                 means.append(est["mean"])
-                errs.append([[est["mean"] - est["low"]], [est["high"] - est["mean"]]])
-        xs = range(len(names))
-        for x, m, e in zip(xs, means, errs):
+                errs.append([[est["mean"] - low], [high - est["mean"]]])
+        for x, m, e in zip(range(len(names)), means, errs):
             ax.bar(x, m, yerr=e, capsize=4, color=f"C{x}")
-        ax.set_xticks(list(xs), names, rotation=35, ha="right", fontsize=8)
-        ax.set_title(METRIC_TITLES.get(col, col), fontsize=10)
+        ax.set_xticks(list(range(len(names))), names, rotation=30, ha="right", fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
+        ax.yaxis.get_offset_text().set_fontsize(FONT)
+        ax.set_title(METRIC_TITLES.get(col, col), fontsize=FONT + 1)
         ax.axhline(0, color="black", lw=0.6)
-    fig.suptitle(title, fontsize=11)
+    if not cols:
+        axes[0].text(0.5, 0.5, "no estimates to plot", ha="center", va="center", fontsize=FONT)
+        axes[0].set_axis_off()
+    fig.suptitle(title, fontsize=FONT + 2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_methods(rows: list[dict], path: Path, title: str) -> Path:
+    """:func:`methods_figure` saved as PNG."""
+    return _save(methods_figure(rows, title), path)
+
+
+def sizes_figure(sizes: dict[str, dict[str, Any]]):
+    """Rank-size plot of coalition sizes per method (all layers pooled), log-log."""
+    from hedonic_neurons.plot import size_distribution
+
+    pooled = {
+        method: [[0] * s for summary in per_layer.values() for s in summary.get("all_sizes", [])]
+        for method, per_layer in sizes.items()
+    }
+    pooled = {m: c for m, c in pooled.items() if c}
+    if not pooled:
+        fig, (ax,) = _grid(1, 6.4, 3.0)
+        ax.text(0.5, 0.5, "no coalition sizes recorded", ha="center", va="center", fontsize=FONT)
+        ax.set_axis_off()
+        return fig
+    return size_distribution(pooled, title="Coalition size distribution (all analysed layers)")
 
 
 def plot_sizes(sizes: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Rank-size plot of coalition sizes per method (all layers pooled), log-log."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for idx, (method, per_layer) in enumerate(sizes.items()):
-        all_sizes = sorted(
-            (s for summary in per_layer.values() for s in summary.get("all_sizes", [])), reverse=True
-        )
-        if all_sizes:
-            ax.loglog(range(1, len(all_sizes) + 1), all_sizes, label=method, color=f"C{idx}", lw=1.4)
-    ax.set_xlabel("coalition rank")
-    ax.set_ylabel("coalition size (neurons)")
-    ax.set_title("Coalition size distribution (all analysed layers)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(sizes_figure(sizes), path)
 
 
-def plot_transitions(transitions: dict[str, list[dict]], path: Path) -> Path:
+def transitions_figure(transitions: dict[str, list[dict]]):
     """Stacked bars of transition percentages per layer pair, one panel per method."""
-    plt = _plt()
     methods = [m for m, rows in transitions.items() if rows]
-    fig, axes = plt.subplots(1, max(len(methods), 1), figsize=(4 * max(len(methods), 1), 3.6), squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    fig, axes = _grid(len(methods))
+    for ax, method in zip(axes, methods):
         rows = transitions[method]
         names = [f"{r['source_layer']}→{r['target_layer']}" for r in rows]
         bottom = [0.0] * len(rows)
@@ -159,13 +341,134 @@ def plot_transitions(transitions: dict[str, list[dict]], path: Path) -> Path:
             ax.bar(names, vals, bottom=bottom, label=label, color=f"C{li}")
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_ylim(0, 100)
-        ax.set_title(method, fontsize=10)
-        ax.set_ylabel("% of source coalitions")
-    axes[0][0].legend(fontsize=7, loc="upper right")
+        ax.set_title(method, fontsize=FONT + 1)
+        ax.set_ylabel("% of source coalitions", fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
+    if methods:
+        axes[0].legend(fontsize=FONT, loc="upper right")
+    else:
+        axes[0].text(0.5, 0.5, "no transitions tracked", ha="center", va="center", fontsize=FONT)
+        axes[0].set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_transitions(transitions: dict[str, list[dict]], path: Path) -> Path:
+    return _save(transitions_figure(transitions), path)
+
+
+# ------------------------------------------------------------------------------------- summary
+
+
+_FT_METRICS = (
+    ("ndcg@10", "nDCG@10"),
+    ("first_stage_ndcg@10", "first-stage nDCG@10"),
+    ("r2", "R²"),
+    ("pearson", "Pearson r"),
+    ("spearman", "Spearman ρ"),
+)
+
+
+def finetune_sentences(finetune: Any) -> list[str]:
+    """How well the fine-tuned model does its task, one sentence per evaluated split."""
+    if not isinstance(finetune, dict):
+        return ["No fine-tuning metrics were recorded (the model was analysed as given)."]
+    out = []
+    task = finetune.get("task", "?")
+    for split, what in (("test", "out-of-domain test"), ("val", "validation")):
+        m = finetune.get(split)
+        if not isinstance(m, dict):
+            continue
+        parts = [f"{title} {m[key]:.3f}" for key, title in _FT_METRICS if _finite(m.get(key))]
+        size = (
+            f"{m['n_queries']} queries" if m.get("n_queries") else f"{m['n']} pairs" if m.get("n") else None
+        )
+        where = f"{what} set ({m.get('dataset', '?')}{', ' + size if size else ''})"
+        out.append(
+            f"Fine-tuned for {task}: on the {where}: "
+            + (", ".join(parts) if parts else "no metric recorded")
+            + "."
+        )
+    return out or [f"Fine-tuning for {task} recorded no evaluation split."]
+
+
+def _run_sentence(results: dict[str, Any]) -> str:
+    methods = [str(r["method"]) for r in results.get("table_extrinsic") or []]
+    methods += [m for m in results.get("sizes", {}) if m not in methods]
+    text = (
+        f"Model {results.get('model', '?')}, task {results.get('task', '?')}, "
+        f"layers {results.get('layers', [])}, "
+        f"seeds {results.get('seeds', [])}"
+    )
+    if methods:
+        text += f"; methods compared: {', '.join(methods)}"
+    return text + "."
+
+
+# --------------------------------------------------------------------------------- the explorer
+
+
+def _explorer(results: dict[str, Any]) -> dict[str, list[dict]]:
+    ex = results.get("explorer") or {}
+    if isinstance(ex, list):
+        return {"coalitions": ex} if ex else {}
+    return {str(m): list(docs) for m, docs in ex.items() if docs}
+
+
+def _explorer_md(explorer: dict[str, list[dict]]) -> list[str]:
+    from hedonic_neurons.explore import _display, summary_sentence
+
+    lines = []
+    for method, docs in explorer.items():
+        lines += [f"### {method}", ""]
+        for doc in docs:
+            name = doc.get("name") or f"L{doc['layer']}"
+            lines += [f"#### {name}", "", doc.get("sentence") or summary_sentence(doc), ""]
+            lines.append(f"- members ({len(doc['members'])}): {', '.join(str(m) for m in doc['members'])}")
+            if doc.get("mean_phi") is not None:
+                lines.append(f"- mean pairwise φ: {doc['mean_phi']:.4g}")
+            ab = doc.get("ablation")
+            if ab and _finite(ab.get("mean")):
+                lines.append(
+                    f"- ablation effect ({ab['mode']}, mean Δ output, 95% CI, n = {ab['n']}): "
+                    f"{ab['mean']:.4g} [{ab['low']:.4g}, {ab['high']:.4g}]"
+                )
+            wc = doc.get("weight_change")
+            if wc:
+                lines.append(
+                    f"- share of the layer's ‖ΔW‖²: {100 * wc['share']:.2f}% "
+                    f"(neuron share {100 * wc['neuron_share']:.2f}%, {wc['enrichment']:.2f}×)"
+                )
+            heur = doc.get("heuristics")
+            if heur:
+                pretty = ", ".join(
+                    f"{k} {v['pearson']:.2f}" for k, v in heur.items() if v.get("pearson") is not None
+                )
+                lines.append(f"- Pearson r of mean activation with IR heuristics: {pretty or 'n/a'}")
+            ranking = (
+                "readout-token activation" if doc.get("rank_by") == "readout" else "largest token activation"
+            )
+            lines += ["", f"Top {len(doc.get('top') or [])} of {doc['n_texts']} inputs (by {ranking}):", ""]
+            for rank, t in enumerate(doc.get("top") or [], 1):
+                shown = _display(t["tokens"])
+                best = sorted(range(len(shown)), key=lambda k: -t["activations"][k])[:3]
+                hot = ", ".join(f"“{shown[k].strip()}” {t['activations'][k]:.3g}" for k in best)
+                text = t["text"] if len(t["text"]) <= 160 else t["text"][:157] + "..."
+                lines.append(
+                    f"{rank}. input {t['input']} (score {t['score']:.3g}; most active tokens {hot}): {text}"
+                )
+            lines.append("")
+    return lines
+
+
+def _explorer_html(explorer: dict[str, list[dict]]) -> str:
+    from hedonic_neurons.explore import summary_html
+
+    parts = []
+    for method, docs in explorer.items():
+        parts.append(f"<h3>{html.escape(method)}</h3>")
+        parts += [summary_html(doc, css=False) for doc in docs]
+    return "".join(parts)
 
 
 def _num(value: Any, spec: str = ".2f") -> str:
@@ -227,7 +530,8 @@ def lineage_view(transitions: dict[str, list[dict]]) -> dict[str, dict[tuple[int
 def _link_text(layer: int, coalition: int, link: dict[str, Any]) -> str:
     return (
         f"L{layer} C{coalition} ({link['label']}; α·K' {_num(link.get('lift_alpha'))} "
-        f"p{_num(link.get('pct_alpha'), '.0f')}, β·K {_num(link.get('lift_beta'))} p{_num(link.get('pct_beta'), '.0f')})"
+        f"p{_num(link.get('pct_alpha'), '.0f')}, β·K {_num(link.get('lift_beta'))} "
+        f"p{_num(link.get('pct_beta'), '.0f')})"
     )
 
 
@@ -252,7 +556,8 @@ def _lineage_html(view: dict[str, dict]) -> str:
             for (layer, c), e in nodes.items()
         )
         parts.append(
-            f"<details><summary>{html.escape(method)}: {len(nodes)} coalitions with a link above the null</summary>"
+            f"<details><summary>{html.escape(method)}: {len(nodes)} coalitions with a link above the "
+            "null</summary>"
             '<table class="lineage"><thead><tr><th>coalition</th><th>size</th><th>comes from</th>'
             f"<th>goes to</th></tr></thead><tbody>{body}</tbody></table></details>"
         )
@@ -269,68 +574,71 @@ _TRANSITION_NOTE = (
 )
 
 
-def _sizes_md(sizes: dict[str, dict[str, Any]]) -> str:
-    lines = [
-        "| method | layer | coalitions | largest | singletons | median | p90 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method, per_layer in sizes.items():
-        for layer, s in per_layer.items():
-            lines.append(
-                f"| {method} | {layer} | {s['count']} | {s['largest']} | {s['singletons']} | {s['median']:.0f} | {s['p90']:.0f} |"
-            )
-    return "\n".join(lines)
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write results.json, report.md, figures/*.png and report.html into ``out_dir``."""
+def write_report(
+    results: dict[str, Any], out_dir: str | Path, *, phi_maps: dict[str, tuple[Any, Any]] | None = None
+) -> dict[str, Path]:
+    """Write results.json, report.md, figures/*.png and report.html into ``out_dir``.
+
+    ``phi_maps``: optional ``{title: (phi, partition)}``; each gets a φ heat map ordered by the
+    partition (:func:`hedonic_neurons.plot.phi_heatmap`, singletons left out) in the figures (φ
+    matrices are too large for results.json, so they are passed here)."""
+    from hedonic_neurons.explore import SUMMARY_CSS
+
     out = Path(out_dir)
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     title = results.get("title", "hedonic-neurons report")
+    extrinsic = results.get("table_extrinsic") or []
+    ridge = results.get("table_ridge") or []
+    eval_tables = results.get("evaluation_tables") or {}
+    transitions = results.get("transitions") or {}
+    sizes = results.get("sizes") or {}
+    explorer = _explorer(results)
     paths = {"results": write_json(out / "results.json", results)}
     paths["fig_methods"] = plot_methods(
-        results["table_extrinsic"], figs / "methods.png", "Methods compared (mean ± 95% CI over seeds)"
+        extrinsic, figs / "methods.png", "Methods compared (mean ± 95% CI over seeds)"
     )
-    if results.get("table_ridge"):
-        paths["fig_ridge"] = plot_methods(
-            results["table_ridge"], figs / "ridge.png", "Ridge on macro-features, OOD R²"
-        )
-    paths["fig_sizes"] = plot_sizes(results.get("sizes", {}), figs / "sizes.png")
-    paths["fig_transitions"] = plot_transitions(results.get("transitions", {}), figs / "transitions.png")
+    if ridge:
+        paths["fig_ridge"] = plot_methods(ridge, figs / "ridge.png", "Ridge on macro-features, OOD R²")
+    paths["fig_sizes"] = plot_sizes(sizes, figs / "sizes.png")
+    paths["fig_transitions"] = plot_transitions(transitions, figs / "transitions.png")
+    phi_figs: dict[str, Path] = {}
+    if phi_maps:
+        from hedonic_neurons.plot import phi_heatmap
 
+        for name, (phi, partition) in phi_maps.items():
+            fig = phi_heatmap(phi, partition, min_size=2, title=f"φ ordered by partition: {name}")
+            phi_figs[name] = paths[f"fig_phi_{_slug(name)}"] = _save(fig, figs / f"phi-{_slug(name)}.png")
+
+    run = _run_sentence(results)
+    finetune = finetune_sentences(results.get("finetune"))
+    findings = [str(s) for s in results.get("summary") or []]
+    if not findings:
+        findings = ["The evaluation wrote no summary sentence; the tables below hold its numbers."]
+    n_explored = sum(len(d) for d in explorer.values())
     notes = results.get("notes", [])
-    md = [
-        f"# {title}",
-        "",
-        *(f"> {line}" for line in results.get("banner", [])),
-        "",
-        f"Model: `{results.get('model', '?')}` · task: `{results.get('task', '?')}` · layers: "
-        f"{results.get('layers', [])} · seeds: {results.get('seeds', [])}",
-        "",
-        "## Extrinsic evaluation (paper Table A)",
-        "",
-        markdown_table(results["table_extrinsic"]),
-        "",
-    ]
-    if results.get("table_ridge"):
-        md += [
-            "## Ridge regression on coalition macro-features, OOD R² (paper Table B)",
-            "",
-            markdown_table(results["table_ridge"]),
-            "",
-        ]
-    md += ["## Coalition sizes", "", _sizes_md(results.get("sizes", {})), ""]
-    transitions = results.get("transitions", {})
+
+    # ------------------------------------------------------------------ report.md
+    md = [f"# {title}", "", *(f"> {line}" for line in results.get("banner", [])), ""]
+    md += ["## Summary", "", f"What was run: {run}", "", *finetune, "", "What the evaluation found:", ""]
+    md += [*(f"- {s}" for s in findings), ""]
+    if explorer:
+        md += [f"The coalition explorer below describes {n_explored} coalitions ({', '.join(explorer)}).", ""]
+        md += ["## Coalition explorer", "", *_explorer_md(explorer)]
+    md += ["## Extrinsic evaluation", "", markdown_table(extrinsic), ""]
+    md += [*(f"- {n}" for n in _metric_notes(extrinsic)), ""]
+    if ridge:
+        md += ["## Ridge regression on coalition macro-features, OOD R²", "", markdown_table(ridge), ""]
+    for name, rows in eval_tables.items():
+        if rows:
+            md += [f"## {name}", "", _md_table(*generic_cells(rows)), ""]
+    md += ["## Coalition sizes", "", _sizes_md(sizes), ""]
     lineage = lineage_view(transitions)
-    md += [
-        "## Transitions between layers",
-        "",
-        _TRANSITION_NOTE,
-        "",
-        _transition_md(transitions),
-        "",
-    ]
+    md += ["## Transitions between layers", "", _TRANSITION_NOTE, "", _transition_md(transitions), ""]
     if lineage:
         md += ["## Coalition lineage (links above the null)", *_lineage_md(lineage), ""]
     md += [
@@ -345,50 +653,72 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path
         md += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     paths["markdown"] = atomic_write_text(out / "report.md", "\n".join(md))
 
+    # ------------------------------------------------------------------ report.html
     def img(p: Path) -> str:
         data = base64.b64encode(p.read_bytes()).decode()
         return f'<figure><img alt="{p.stem}" src="data:image/png;base64,{data}"></figure>'
 
+    esc = html.escape
     sections = [
-        f"<h1>{html.escape(title)}</h1>",
-        *(f'<p class="banner">{html.escape(b)}</p>' for b in results.get("banner", [])),
-        f"<p>Model <code>{html.escape(str(results.get('model', '?')))}</code>, task <code>{html.escape(str(results.get('task', '?')))}</code>, "
-        f"layers {html.escape(str(results.get('layers', [])))}, seeds {html.escape(str(results.get('seeds', [])))}.</p>",
-        "<h2>Extrinsic evaluation</h2>",
-        _html_table(results["table_extrinsic"]),
-        img(paths["fig_methods"]),
+        f"<h1>{esc(title)}</h1>",
+        *(f'<p class="banner">{esc(b)}</p>' for b in results.get("banner", [])),
+        '<section class="summary"><h2>Summary</h2>',
+        f"<p><b>What was run.</b> {esc(run)}</p>",
+        *(f"<p><b>Task quality.</b> {esc(s)}</p>" for s in finetune),
+        "<p><b>What the evaluation found.</b></p><ul>"
+        + "".join(f"<li>{esc(s)}</li>" for s in findings)
+        + "</ul>",
     ]
-    if results.get("table_ridge"):
-        sections += [
-            "<h2>Ridge on macro-features (OOD R²)</h2>",
-            _html_table(results["table_ridge"]),
-            img(paths["fig_ridge"]),
-        ]
+    if explorer:
+        sections.append(f"<p>The coalition explorer below describes {n_explored} coalitions.</p>")
+    sections.append("</section>")
+    if explorer:
+        sections += ['<h2 id="explorer">Coalition explorer</h2>', _explorer_html(explorer)]
+    sections += ["<h2>Extrinsic evaluation</h2>", _html_table(extrinsic)]
+    if _metric_notes(extrinsic):
+        sections.append(
+            "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in _metric_notes(extrinsic)) + "</ul>"
+        )
+    sections.append(img(paths["fig_methods"]))
+    if ridge:
+        sections += ["<h2>Ridge on macro-features (OOD R²)</h2>", _html_table(ridge)]
+        sections.append(img(paths["fig_ridge"]))
+    for name, rows in eval_tables.items():
+        if rows:
+            sections += [f"<h2>{esc(name)}</h2>", _html_cells(*generic_cells(rows))]
+    sections += ["<h2>Coalition sizes</h2>", _html_cells(*_sizes_cells(sizes)), img(paths["fig_sizes"])]
+    for name, p in phi_figs.items():
+        sections += [f"<h3>φ heat map: {esc(name)}</h3>", img(p)]
     sections += [
-        "<h2>Coalition sizes</h2>",
-        img(paths["fig_sizes"]),
         "<h2>Transitions</h2>",
-        f"<p>{html.escape(_TRANSITION_NOTE)}</p>",
+        f"<p>{esc(_TRANSITION_NOTE)}</p>",
         _transition_html(transitions),
         img(paths["fig_transitions"]),
     ]
     if lineage:
         sections += ["<h2>Coalition lineage</h2>", _lineage_html(lineage)]
     if results.get("sankey"):
-        src = html.escape(results["sankey"])
+        src = esc(results["sankey"])
         sections += [
-            f'<h2>Coalition flow</h2><iframe src="{src}" title="Sankey"></iframe><p><a href="{src}">open full page</a></p>'
+            f'<h2>Coalition flow</h2><iframe src="{src}" title="Sankey"></iframe>'
+            f'<p><a href="{src}">open full page</a></p>'
         ]
     if notes:
-        sections += ["<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"]
+        sections += ["<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"]
     style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}iframe{width:100%;height:620px;border:1px solid #ddd}"
+        "body{font-family:system-ui,sans-serif;font-size:15px;max-width:1100px;margin:2em auto;"
+        "padding:0 16px;"
+        "color:#222;box-sizing:border-box}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}.scroll{overflow-x:auto}"
+        "figure{margin:1em 0}img{max-width:100%;height:auto}"
+        "iframe{width:100%;height:620px;border:1px solid #ddd}"
         ".banner{background:#fff6d5;padding:.5em 1em;border-left:4px solid #e0b000}"
+        ".summary{background:#f4f8ff;padding:.2em 1em;border-left:4px solid #3b6fd8}" + SUMMARY_CSS
     )
     page = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
         f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n"
     )
     paths["html"] = atomic_write_text(out / "report.html", page)
