@@ -69,6 +69,8 @@ def test_two_processes_equal_one(tmp_path):
             phi1, phi2 = load_phi(one), load_phi(two)
             assert np.abs(phi1).max() > 1e-3
             assert np.allclose(phi1, phi2, atol=1e-6, rtol=0)
+            se1, se2 = load_phi(one, with_se=True)[1], load_phi(two, with_se=True)[1]  # reduced too
+            assert se1.max() > 0 and np.allclose(se1, se2, atol=1e-6, rtol=0)
             meta1, meta2 = (json.loads(p.with_suffix(".json").read_text()) for p in (one, two))
             assert meta1["n_inputs"] == meta2["n_inputs"] == 13
             assert meta1["n_tokens"] == meta2["n_tokens"]

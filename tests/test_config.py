@@ -146,7 +146,7 @@ def test_parse_layers_grammar(spec, n_layers, expected):
 @pytest.mark.parametrize(
     ("spec", "n_layers", "message"),
     [
-        ("x", 4, "--layers 'x': expected comma-separated layer indices or ranges"),
+        ("x", 4, "layers= 'x': expected comma-separated layer indices or ranges"),
         ("1,,2", 4, "'' is not one"),
         ("1-", 4, "expected integers"),
         ("5-2", 8, "range 5-2 runs backwards"),

@@ -285,22 +285,70 @@ def validate_phi(phi: Any, *, name: str = "phi", atol: float = 1e-5) -> np.ndarr
     return _trusted(out)
 
 
-def save_phi(path: str | os.PathLike, phi: np.ndarray, metadata: dict[str, Any]) -> Path:
+def save_phi(
+    path: str | os.PathLike,
+    phi: np.ndarray,
+    metadata: dict[str, Any],
+    *,
+    se: np.ndarray | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write ``phi`` as ``{path}`` (safetensors, key ``phi``, float32) plus a JSON sidecar.
 
     The sidecar is ``path`` with suffix ``.json``; it holds ``metadata`` and a provenance block.
+    ``se``: the standard errors of φ's entries (same shape), saved under the key ``phi_se``
+    (float32) and read back by ``load_phi(path, with_se=True)``. ``arrays``: further named
+    arrays for the same file (saved as float32 when floating point; ``phi_se`` may be passed
+    here too, as the collectors do).
     """
     from safetensors.numpy import save
 
     path = Path(path)
     arr = np.ascontiguousarray(np.asarray(phi, dtype=np.float32))
-    atomic_write_bytes(path, save({"phi": arr}))
+    tensors = {"phi": arr}
+    extra = dict(arrays or {})
+    if se is not None:
+        extra[PHI_SE_KEY] = se
+    for name, value in extra.items():
+        if name == "phi":
+            raise PhiError("save_phi: an extra array may not be named 'phi' (that is phi itself)")
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            value = value.astype(np.float32)
+        if name == PHI_SE_KEY and value.shape != arr.shape:
+            raise PhiError(f"the standard errors of phi have shape {value.shape}; expected {arr.shape}")
+        tensors[name] = np.ascontiguousarray(value)
+    atomic_write_bytes(path, save(tensors))
     write_json(path.with_suffix(".json"), {**metadata, "provenance": provenance()})
     return path
 
 
-def load_phi(path: str | os.PathLike) -> np.ndarray:
-    """Read the ``phi`` tensor of a safetensors file and validate it."""
+#: The key of φ's standard errors in a phi file.
+PHI_SE_KEY = "phi_se"
+
+
+def _check_se(se: np.ndarray, phi: np.ndarray, name: str) -> np.ndarray:
+    """Standard errors of a phi file: same shape as φ, finite, >= 0 and symmetric (returned
+    read-only, float32 or float64 as stored, diagonal zero)."""
+    if se.dtype.kind != "f":
+        raise PhiError(f"{name}: '{PHI_SE_KEY}' has dtype {se.dtype}; expected floating point")
+    if se.shape != phi.shape:
+        raise PhiError(f"{name}: '{PHI_SE_KEY}' has shape {se.shape}; expected {phi.shape}, like phi")
+    out = validate_phi(se, name=f"{name} ({PHI_SE_KEY})")
+    if (out < 0).any():
+        i, j = map(int, np.argwhere(out < 0)[0])
+        raise PhiError(f"{name}: '{PHI_SE_KEY}'[{i}, {j}] = {out[i, j]}; expected standard errors >= 0")
+    return out
+
+
+def load_phi(path: str | os.PathLike, *, with_se: bool = False) -> Any:
+    """Read the ``phi`` tensor of a safetensors file and validate it.
+
+    ``with_se=True``: return ``(phi, se)``, ``se`` the standard errors written beside φ (key
+    ``phi_se``: finite, >= 0, symmetric, same shape). A file without them (written before the
+    collectors wrote standard errors, or with too few inputs for one) is one :class:`DataError`
+    saying so.
+    """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -314,7 +362,16 @@ def load_phi(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: not a readable safetensors file ({exc})") from None
     if "phi" not in tensors:
         raise DataError(f"{path}: no tensor named 'phi' (found {sorted(tensors)})")
-    return validate_phi(tensors["phi"], name=str(path))
+    phi = validate_phi(tensors["phi"], name=str(path))
+    if not with_se:
+        return phi
+    if PHI_SE_KEY not in tensors:
+        raise DataError(
+            f"{path}: no standard errors ('{PHI_SE_KEY}'; the file has {sorted(tensors)}): it was written "
+            "before hedonic collect saved them, or from too few inputs for one (see 'se' in its .json "
+            "sidecar); collect that layer again into a new folder, or load it without with_se"
+        )
+    return phi, _check_se(tensors[PHI_SE_KEY], phi, str(path))
 
 
 # ----------------------------------------------------------------------------------- partitions
@@ -371,30 +428,21 @@ def size_summary(coalitions: Sequence[Sequence[int]]) -> dict[str, Any]:
 
 def save_partition(
     path: str | os.PathLike,
-    coalitions: Sequence[Sequence[int]],
+    partition: Any,
     *,
-    method: str,
-    params: dict[str, Any],
+    method: str | None = None,
+    params: dict[str, Any] | None = None,
     layer: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a partition JSON (the format shared by ``hedonic solve`` and ``hedonic baseline``)."""
-    coal = canonical_coalitions(coalitions)
-    n = sum(len(c) for c in coal)
-    labels = labels_from_coalitions(coal, n)
-    doc = {
-        "format": PARTITION_FORMAT,
-        "method": method,
-        "layer": layer,
-        "n_neurons": n,
-        "params": params,
-        "sizes": size_summary(coal),
-        **(extra or {}),
-        "coalitions": coal,
-        "labels": labels.tolist(),
-        "provenance": provenance(),
-    }
-    return write_json(path, doc)
+    """Write a partition JSON (the one format of ``hedonic solve``, ``hedonic baseline`` and
+    ``hedonic run``). ``partition`` is a :class:`~hedonic_neurons.partition.Partition` (the
+    arguments given replace its own), a labels array (one coalition id per neuron) or a list
+    of coalitions covering 0..n-1 exactly once."""
+    from hedonic_neurons.partition import Partition
+
+    part = Partition.from_any(partition, method=method, params=params, layer=layer, extra=extra)
+    return part.save(path)
 
 
 class PartitionFile(BaseModel):

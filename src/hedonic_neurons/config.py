@@ -10,14 +10,23 @@ turns them into indices from the model's config.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from hedonic_neurons.cachekey import cache_key
 from hedonic_neurons.errors import ConfigError
 
 Task = Literal["cqtr", "mean_tf_l", "rm"]
@@ -45,28 +54,128 @@ class DataConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(1e-4, gt=0)
-    batch_size: int = Field(16, ge=1)
+    """Hyper-parameters of one LoRA fine-tuning run: the ``finetune`` section of a run config, the
+    options of ``hedonic finetune`` and the argument of :func:`hedonic_neurons.models.training.train`
+    (all recorded in ``finetune.json``).
+
+    ``task``: the task trained (``cqtr``, ``mean_tf_l``, ``rm``); leave it out of a run config,
+    where the run's ``task`` is used. ``learning_rate`` may also be given as ``lr`` (the Python
+    and command-line name). ``layers``: None is the default middle band. Constructing one
+    directly raises a one-line :class:`~hedonic_neurons.errors.ConfigError` for a bad value.
+    """
+
+    task: Task | None = None
     layers: list[int] | None = None  # None: the default middle band (A12)
-    group_size: int = Field(8, ge=2)  # RM: 1 positive + hard negatives
+    rank: int = 8
+    alpha: float = 64.0  # Tevatron's LoRA default (Part B §8)
+    dropout: float = 0.1
+    learning_rate: float = Field(1e-4, validation_alias=AliasChoices("learning_rate", "lr"))
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    batch_size: int = 16  # sequences per step (rm: batch_size // group_size queries per step)
+    group_size: int = 8  # rm: 1 positive + group_size - 1 hard negatives
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64
+    seed: int = 0
+    train_pooler: bool = True  # BERT: train the pooler (dense+tanh) as part of the head
+    head_lr: float | None = None  # learning rate of the head (classifier/score, pooler); None: learning_rate
+    standardize: bool = True  # regression: MSE on the z-scored target, mean/std folded into the head
+    bucket: int = 8  # length bucketing: sort chunks of `bucket` batches by text length (1: off)
+    model_dropout: float | None = None  # dropout p of the base model's own Dropout modules; None: as loaded
+    pooler_init: Literal["keep", "standardize"] = "keep"  # BERT pooler (see models.training.init_pooler)
+    pooler_init_pairs: int = 512  # training pairs (a seeded sample) used by pooler_init and head_init
+    head_init: Literal["keep", "probe"] = "keep"  # final head linear: as loaded, or a ridge probe
+    augment: float = 0.0  # regression: probability of cropping a drawn training passage
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            # inside a RunConfig's validation pydantic reports the error with its location
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("pydantic"):
+                raise
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"fine-tuning {where + ': ' if where else ''}{msg}" + (
+                f" (got {err['input']!r})" if where and err["type"] != "missing" else ""
+            )) from None  # fmt: skip
+
+    @property
+    def lr(self) -> float:
+        """The learning rate (``learning_rate``)."""
+        return self.learning_rate
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        for name in ("rank", "batch_size", "eval_batch_size", "bucket", "pooler_init_pairs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (1 positive + negatives), got {self.group_size}")
+        if self.task == "rm" and self.group_size > self.batch_size:
+            raise ValueError(
+                f"rm needs 2 <= group_size <= batch_size, got group_size={self.group_size}, "
+                f"batch_size={self.batch_size}"
+            )
+        for name, value in (
+            ("learning_rate (lr)", self.learning_rate),
+            ("head_lr", self.head_lr),
+            ("epochs", self.epochs),
+        ):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for name in ("dropout", "model_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if not 0.0 <= self.augment <= 1.0 or (self.augment and self.task == "rm"):
+            raise ValueError(f"augment must be in [0, 1] and only for cqtr / mean_tf_l, got {self.augment}")
+        return self
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The fields other than ``task`` and ``layers``, with ``lr`` for ``learning_rate``: the
+        keyword arguments of :func:`hedonic_neurons.models.finetune.run_finetune`."""
+        out = self.model_dump(exclude={"task", "layers", "learning_rate"})
+        return {"lr": self.learning_rate, **out}
 
 
 class PhiConfig(_Strict):
-    metrics: list[Literal["oca", "pas"]] = Field(["oca", "pas"], min_length=1)
+    # names registered in hedonic_neurons.synergy.base.METRICS (built in: oca, pas)
+    metrics: list[Annotated[str, AfterValidator(lambda name: PhiConfig._registered(name))]] = Field(
+        ["oca", "pas"], min_length=1
+    )
     pas_mode: Literal["exact", "taylor", "grad-outer"] = "exact"
     readout: Literal["local", "full"] = "local"
+    # the input budget of the expensive metrics (PAS: the first max_inputs training pairs);
+    # streaming metrics (OCA: one forward pass per batch) always use every training pair
     max_inputs: int = Field(512, ge=8)
     batch_size: int = Field(16, ge=1)
 
     _metrics = field_validator("metrics")(classmethod(lambda cls, v: _unique(v)))
 
+    @staticmethod
+    def _registered(name: str) -> str:
+        from hedonic_neurons.synergy.base import METRICS
+
+        if name not in METRICS:
+            raise ValueError(METRICS.unknown(name))
+        return name
+
 
 class GameConfig(_Strict):
-    # "exact": Top Covering with choice sets computed from phi (A9); "pac": PAC-Top-Cover (A8).
-    # The default is exact: at the (epsilon, delta) budget PAC's sampled choice sets are noisy at
-    # MiniLM scale and their closures merge into one giant coalition (README, "Solvers").
-    solver: Literal["exact", "pac"] = "exact"
+    # solver: a registered solver of the game (hedonic_neurons.partitioner.PARTITIONERS, the
+    # partitioners with hedonic = True): "exact" (Top Covering with choice sets computed from phi)
+    # or "pac" (PAC Top Covering). The default is exact: at the (epsilon, delta) budget PAC's
+    # sampled choice sets are noisy at MiniLM scale and their closures merge into one giant
+    # coalition (README, "Solvers"). The solver is built from the fields below that it takes.
+    solver: str = "exact"
     k: int = Field(2, ge=1)
     epsilon: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(0.05, gt=0, lt=1)
@@ -76,26 +185,44 @@ class GameConfig(_Strict):
     sampling: Literal["uniform", "phi"] = "uniform"
     phi_power: float = Field(4.0, gt=0)
 
+    @field_validator("solver")
+    @classmethod
+    def _registered_solver(cls, v: str) -> str:
+        from hedonic_neurons.partitioner import check_solver
+
+        return check_solver(v)
+
 
 class TrackingConfig(_Strict):
-    # "null": labels judged against size-preserving random partitions (A13'); the absolute rules
-    # stay available by name: "matching" (A11, tau default 0.5) and "code" (public code, tau 0.3).
-    # The defaults equal `hedonic track`'s (tracking.run.TrackSettings; a test keeps them equal).
-    rule: Literal["null", "matching", "code"] = "null"
-    tau: float | None = Field(None, gt=0, le=1)  # absolute rules only
+    # rule: a registered tracking rule (hedonic_neurons.tracking.TRACKING_RULES). "null": labels
+    # judged against size-preserving random partitions; the absolute rules stay available by
+    # name: "matching" (tau default 0.5) and "code" (public code, tau 0.3).
+    # The fields and defaults are tracking.run.TrackSettings' (TrackSettings.from_config builds
+    # the run's settings from this section; a test keeps the defaults equal to hedonic track's).
+    rule: str = "null"
+    tau: float | None = Field(None, gt=0, le=1)  # the rules with a threshold only
     min_size: int = Field(2, ge=1)
     null_draws: int = Field(100, ge=100)  # random partitions per layer pair
     null_level: float = Field(0.95, ge=0.5, lt=1)  # share of a random partition left unstructured
     horizon: int = Field(3, ge=1)  # track layer l to l+1 ... l+horizon
     flow_pairs: int = Field(64, ge=0)  # train pairs for the interventional flow (0: none)
+    max_pairs: int | None = Field(512, ge=1)  # train pairs E|a_p| is estimated on (None: all)
+
+    @field_validator("rule")
+    @classmethod
+    def _registered_rule(cls, v: str) -> str:
+        from hedonic_neurons.tracking.rules import TRACKING_RULES
+
+        return TRACKING_RULES.check(v)
 
     @field_validator("tau")
     @classmethod
     def _tau_for_absolute_rules(cls, v: float | None, info: Any) -> float | None:
-        if v is not None and info.data.get("rule", "null") == "null":
-            raise ValueError(
-                "tau applies to the rules 'matching' and 'code'; rule 'null' sets it from the null"
-            )
+        rule = info.data.get("rule")
+        if v is not None and rule is not None:
+            from hedonic_neurons.tracking.rules import get_rule
+
+            get_rule(rule).check_tau(rule, v)
         return v
 
 
@@ -106,15 +233,50 @@ def _unique(v: list) -> list:
 
 
 class EvaluateConfig(_Strict):
-    top_k: int = Field(10, ge=1)
+    top_k: int = Field(10, ge=1)  # coalitions evaluated per method, seed and layer
     seeds: list[int] = Field([0, 1, 2], min_length=3)  # A13: every figure over >= 3 seeds
-    min_size: int = Field(2, ge=1)
+    min_size: int = Field(2, ge=1)  # the legacy OOD-drop table's smallest coalition
     certify_samples: int = Field(20_000, ge=100)  # coalitions drawn per stability certificate
+    # the evaluations run (names registered in hedonic_neurons.evaluate.base.EVALUATIONS)
+    evaluations: list[str] = ["effects", "null", "synergy"]
+    # which coalitions: "cohesion" (fraction of pairs with phi > 0, then mean phi) or "largest",
+    # among those with size in size_band; every method is size-matched to the reference's picks
+    selection: Literal["cohesion", "largest"] = "cohesion"
+    size_band: tuple[int, int] = (5, 64)
+    ablation_modes: list[Literal["reference", "mean", "zero"]] = Field(["reference"], min_length=1)
+    null_sets: int = Field(200, ge=200)  # random size-matched sets per size bin
+    null_bins_per_octave: int = Field(1, ge=1)  # log-scale size bins
+    null_pairs: int = Field(64, ge=8)  # test pairs (whole queries) of the null's shared subsample
+    synergy_pairs: int = Field(16, ge=4)  # pairs (of the null's subsample) for single-neuron ablations
+    bootstrap: int = Field(1000, ge=100)  # resamples of the query bootstrap
+    attribution: bool = True  # the |gradient x revert shift| baseline
+    attribution_pairs: int = Field(64, ge=1)  # train pairs it is chosen on
 
     _seeds = field_validator("seeds")(classmethod(lambda cls, v: _unique(v)))
+    _modes = field_validator("ablation_modes")(classmethod(lambda cls, v: _unique(v)))
+
+    @field_validator("evaluations")
+    @classmethod
+    def _known_evaluations(cls, v: list[str]) -> list[str]:
+        from hedonic_neurons.evaluate.base import EVALUATIONS
+
+        for name in _unique(v):
+            if name not in EVALUATIONS:
+                raise ValueError(EVALUATIONS.unknown(name))
+        return v
+
+    @field_validator("size_band")
+    @classmethod
+    def _band(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 2 <= v[0] <= v[1]:
+            raise ValueError(f"size_band {list(v)}: expected [low, high] with 2 <= low <= high")
+        return v
 
 
-Baseline = Literal["random", "kmeans", "hierarchical", "phi-communities"]
+def _registered_baseline(name: str) -> str:
+    from hedonic_neurons.partitioner import check_baseline
+
+    return check_baseline(name)
 
 
 class RunConfig(_Strict):
@@ -128,7 +290,15 @@ class RunConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     phi: PhiConfig = PhiConfig()
     game: GameConfig = GameConfig()
-    baselines: list[Baseline] = ["random", "kmeans", "hierarchical", "phi-communities"]
+    # registered baselines (hedonic_neurons.partitioner.PARTITIONERS, hedonic = False); each is
+    # also its partitions' method name
+    # (checked item by item, so an error names its place: 'baselines.0')
+    baselines: list[Annotated[str, AfterValidator(_registered_baseline)]] = [
+        "random",
+        "kmeans",
+        "hierarchical",
+        "phi-communities",
+    ]
 
     @field_validator("baselines")
     @classmethod
@@ -152,8 +322,7 @@ class RunConfig(_Strict):
     def section_key(self, *names: str) -> str:
         """A stable hash of some top-level sections: the cache key of a pipeline stage."""
         dump = self.model_dump(mode="json")
-        blob = json.dumps({n: dump[n] for n in names}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return cache_key({n: dump[n] for n in names})
 
 
 def _first_error(exc: ValidationError, source: str) -> str:

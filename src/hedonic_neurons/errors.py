@@ -48,7 +48,10 @@ _ON_COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("hedonic
 def arg(name: str) -> str:
     """The name of parameter ``name`` as the caller wrote it: ``--name-with-dashes`` inside a
     ``hedonic`` command, ``name=`` from Python. Use it in every error message that tells the user
-    what to pass, so Python users are not told about CLI flags (and vice versa)."""
+    what to pass, so Python users are not told about CLI flags (and vice versa). ``name`` may be
+    written either way (``"max_inputs"`` or ``"--max-inputs"``)."""
+    if name.startswith("-"):
+        name = name.lstrip("-").replace("-", "_")
     return f"--{name.replace('_', '-')}" if _ON_COMMAND_LINE.get() else f"{name}="
 
 

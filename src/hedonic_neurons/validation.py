@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from hedonic_neurons.errors import ConfigError, DataError, HedonicError, HedonicNote, ModelError, PhiError
+from hedonic_neurons.errors import (
+    ConfigError,
+    DataError,
+    HedonicError,
+    HedonicNote,
+    ModelError,
+    PhiError,
+    arg,
+)
 
 #: The stages of ``hedonic run`` in order (``--stop-after`` names one of them).
 RUN_STAGES = ("finetune", "phi", "activations", "partitions", "tracking", "evaluate", "report")
@@ -76,7 +84,7 @@ def check_choice(value: Any, choices: Sequence[str], option: str) -> Any:
     """``value`` if it is one of ``choices``, else one line naming ``option`` (with a suggestion)."""
     if value not in choices:
         raise ConfigError(
-            f"{option} {value!r}: expected one of {', '.join(choices)}{did_you_mean(value, choices)}"
+            f"{arg(option)} {value!r}: expected one of {', '.join(choices)}{did_you_mean(value, choices)}"
         )
     return value
 
@@ -96,7 +104,7 @@ def check_dtype_device(dtype: str | None, device: str | None) -> None:
     if dtype is not None and str(dtype).removeprefix("torch.").lower() not in DTYPES:
         check_choice(dtype, ("float32", "bfloat16", "float16"), "--dtype")
     if device is not None and not _DEVICE.fullmatch(str(device)):
-        raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{arg('device')} {device!r}: expected auto, cpu, cuda or cuda:N")
 
 
 # ------------------------------------------------------------------------------------- outputs
@@ -117,9 +125,9 @@ def _check_container(path: Path, option: str, what: str) -> None:
     """The folder that is to hold ``path`` exists and is writable, or can be created."""
     parent = _nearest_existing(path.parent)
     if not parent.is_dir():
-        raise ConfigError(f"{option} {path}: {parent} is a file, not a folder (expected {what})")
+        raise ConfigError(f"{arg(option)} {path}: {parent} is a file, not a folder (expected {what})")
     if not _writable(parent):
-        raise ConfigError(f"{option} {path}: the folder {parent} is not writable (expected {what})")
+        raise ConfigError(f"{arg(option)} {path}: the folder {parent} is not writable (expected {what})")
 
 
 def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
@@ -127,10 +135,10 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     is a writable folder (it is created when the work starts, not here)."""
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
-        raise ConfigError(f"{option} {p}: is a file (expected an output folder; it is created if missing)")
+        raise ConfigError(f"{arg(option)} {p}: is a file (expected an output folder; it is created if missing)")
     if p.is_dir():
         if not _writable(p):
-            raise ConfigError(f"{option} {p}: the folder is not writable")
+            raise ConfigError(f"{arg(option)} {p}: the folder is not writable")
         return p
     _check_container(p, option, "an output folder in a writable folder")
     return p
@@ -140,9 +148,9 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
     """An output file: not a folder, in a folder that is writable or can be created."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ConfigError(f"{option} {p}: is a folder (expected the path of a file to write)")
+        raise ConfigError(f"{arg(option)} {p}: is a folder (expected the path of a file to write)")
     if str(path).endswith(("/", os.sep)):
-        raise ConfigError(f"{option} {path}: ends with a slash (expected the path of a file to write)")
+        raise ConfigError(f"{arg(option)} {path}: ends with a slash (expected the path of a file to write)")
     _check_container(p, option, "a file in a writable folder")
     return p
 
@@ -154,22 +162,22 @@ def check_input_file(path: str | os.PathLike, option: str, what: str) -> Path:
     """An existing, readable file (not a folder)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{option} {p}: file not found (expected {what})")
+        raise DataError(f"{arg(option)} {p}: file not found (expected {what})")
     if p.is_dir():
-        raise DataError(f"{option} {p}: is a folder (expected {what})")
+        raise DataError(f"{arg(option)} {p}: is a folder (expected {what})")
     if not os.access(p, os.R_OK):
-        raise DataError(f"{option} {p}: not readable (expected {what})")
+        raise DataError(f"{arg(option)} {p}: not readable (expected {what})")
     return p
 
 
 def check_input_dir(path: str | os.PathLike, option: str, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{option} {p}: folder not found (expected {what})")
+        raise DataError(f"{arg(option)} {p}: folder not found (expected {what})")
     if not p.is_dir():
-        raise DataError(f"{option} {p}: is a file (expected {what})")
+        raise DataError(f"{arg(option)} {p}: is a file (expected {what})")
     if not os.access(p, os.R_OK | os.X_OK):
-        raise DataError(f"{option} {p}: folder not readable (expected {what})")
+        raise DataError(f"{arg(option)} {p}: folder not readable (expected {what})")
     return p
 
 
@@ -186,7 +194,7 @@ def check_pairs_spec(spec: str | os.PathLike, option: str = "--data") -> str:
     path = Path(text).expanduser()
     if not path.exists():
         raise DataError(
-            f"{option} {text}: no such file and not a dataset name (expected one of "
+            f"{arg(option)} {text}: no such file and not a dataset name (expected one of "
             f"{', '.join(DATASETS)} or the path of {_PAIRS_TSV}){did_you_mean(text, DATASETS)}"
         )
     check_input_file(path, option, _PAIRS_TSV)
@@ -202,7 +210,7 @@ def read_pairs(spec: str | os.PathLike, option: str = "--data") -> list[Any]:
     text = check_pairs_spec(spec, option)
     pairs = load_pairs(text)
     if not pairs:
-        raise DataError(f"{option} {text}: no (query, passage) pairs; expected at least one")
+        raise DataError(f"{arg(option)} {text}: no (query, passage) pairs; expected at least one")
     return pairs
 
 
@@ -213,11 +221,11 @@ def check_dataset(name: str, option: str, *, allowed: Sequence[str], root: str |
         path = Path(str(name)).expanduser()
         if path.exists():
             raise ConfigError(
-                f"{option} {name}: a file, but this option takes a named dataset with query splits "
+                f"{arg(option)} {name}: a file, but this option takes a named dataset with query splits "
                 f"({', '.join(allowed)}), not a file"
             )
         raise ConfigError(
-            f"{option} {name!r}: expected one of {', '.join(allowed)}{did_you_mean(name, allowed)}"
+            f"{arg(option)} {name!r}: expected one of {', '.join(allowed)}{did_you_mean(name, allowed)}"
         )
     if name not in ("demo", "none"):
         from hedonic_neurons.data.splits import shared_ir_root
@@ -256,7 +264,7 @@ def check_phi_file(path: str | os.PathLike, option: str = "PHI") -> int:
 def check_k(k: int, n: int, option: str = "--k") -> int:
     """The MFC choice-set size: 1 <= k < n (a neuron has n - 1 possible partners)."""
     if not 1 <= k < n:
-        raise ConfigError(f"{option} {k}: k must be an integer with 1 <= k < n = {n} (the number of neurons)")
+        raise ConfigError(f"{arg(option)} {k}: k must be an integer with 1 <= k < n = {n} (the number of neurons)")
     return k
 
 
@@ -293,7 +301,7 @@ def read_partition_dir(
             )
         found[layer] = (path, doc)
     if not found:
-        raise DataError(f"{option} {p}: no partition files (JSON with format '{PARTITION_FORMAT}')")
+        raise DataError(f"{arg(option)} {p}: no partition files (JSON with format '{PARTITION_FORMAT}')")
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         note(f"{p}: skipped {len(skipped)} JSON file(s) without the partition format tag: {shown}")
@@ -339,10 +347,10 @@ def check_phi_folder(folder: str | os.PathLike) -> None:
 def check_sample_count(metric: str, pooling: str, n_inputs: int, option: str = "--max-inputs") -> None:
     """OCA with one sample per input (``--pooling mean/last``) needs at least 2 inputs."""
     if n_inputs < 1:
-        raise DataError(f"{option}: no (query, passage) pairs to use; expected at least one")
+        raise DataError(f"{arg(option)}: no (query, passage) pairs to use; expected at least one")
     if metric == "oca" and pooling in ("mean", "last") and n_inputs < 2:
         raise DataError(
-            f"{option}: {n_inputs} input, but OCA with --pooling {pooling} takes one sample per input and "
+            f"{arg(option)}: {n_inputs} input, but OCA with {arg('pooling')} {pooling} takes one sample per input and "
             "needs at least 2 to correlate neurons"
         )
 
@@ -535,18 +543,18 @@ def model_facts(
     if path.exists():
         if not path.is_dir():
             raise ModelError(
-                f"{option} {name}: is a file; expected a model folder (config.json, weights, tokenizer)"
+                f"{arg(option)} {name}: is a file; expected a model folder (config.json, weights, tokenizer)"
             )
         return _folder_facts(path.resolve(), str(path.resolve()), tokenizer=tokenizer)
     looks_like_path = name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
     if looks_like_path:
         raise ModelError(
-            f"{option}: model folder {name} does not exist (expected a built-in name: "
+            f"{arg(option)}: model folder {name} does not exist (expected a built-in name: "
             f"{', '.join(BUILTINS)}, a folder or a hub id)"
         )
     if not _HUB_ID.fullmatch(name):
         raise ModelError(
-            f"{option}: unknown model {name!r}{did_you_mean(name, BUILTINS)} (expected a built-in name: "
+            f"{arg(option)}: unknown model {name!r}{did_you_mean(name, BUILTINS)} (expected a built-in name: "
             f"{', '.join(BUILTINS)}, a local model folder or a hub id like owner/name)"
         )
     facts = _hub_facts(name, name)
@@ -566,15 +574,15 @@ def check_layers(
     out: list[int] = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise ConfigError(f"{option}: {layer!r} is not a layer index (expected integers)")
+            raise ConfigError(f"{arg(option)}: {layer!r} is not a layer index (expected integers)")
         if n is None:
             out.append(layer)
             continue
         if not -n <= layer < n:
-            raise ModelError(f"{option}: layer {layer} is out of range: {model} has {n} layers (0..{n - 1})")
+            raise ModelError(f"{arg(option)}: layer {layer} is out of range: {model} has {n} layers (0..{n - 1})")
         index = layer % n
         if index in out:
-            raise ConfigError(f"{option}: layer {layer} is given twice (as {index})")
+            raise ConfigError(f"{arg(option)}: layer {layer} is given twice (as {index})")
         out.append(index)
     return out
 
@@ -603,7 +611,7 @@ def parse_layers(
         text = spec.strip()
         if text.lower() == "all":
             if n_layers is None:
-                raise ConfigError(f"{option} 'all': the model's layer count is not known; list the layers")
+                raise ConfigError(f"{arg(option)} 'all': the model's layer count is not known; list the layers")
             layers = list(range(n_layers))
         else:
             layers = []
@@ -611,7 +619,7 @@ def parse_layers(
                 m = _LAYER_ITEM.fullmatch(part)
                 if m is None:
                     raise ConfigError(
-                        f"{option} {spec!r}: expected comma-separated layer indices or ranges ('3', "
+                        f"{arg(option)} {spec!r}: expected comma-separated layer indices or ranges ('3', "
                         f"'1,3,5', '2-5') or 'all'; {part!r} is not one (expected integers, a range "
                         "low-high, negative indices counting from the end)"
                     )
@@ -621,19 +629,19 @@ def parse_layers(
                     lo, hi = int(m[2]), int(m[3])
                     if lo > hi:
                         raise ConfigError(
-                            f"{option} {spec!r}: range {part} runs backwards (expected low-high)"
+                            f"{arg(option)} {spec!r}: range {part} runs backwards (expected low-high)"
                         )
                     layers.extend(range(lo, hi + 1))
     else:
         items = [spec] if isinstance(spec, int) else list(spec)
         for x in items:
             if isinstance(x, bool) or not isinstance(x, int):
-                raise ConfigError(f"{option}: {x!r} is not a layer index (expected integers)")
+                raise ConfigError(f"{arg(option)}: {x!r} is not a layer index (expected integers)")
         layers = list(items)
     if n_layers is not None:
         layers = [n_layers + i if -n_layers <= i < 0 else i for i in layers]
     if not layers:
-        raise ConfigError(f"{option} {spec!r} names no layer")
+        raise ConfigError(f"{arg(option)} {spec!r} names no layer")
     return sorted(set(layers))
 
 
@@ -734,7 +742,7 @@ def check_model_inputs(
     from their files alone."""
     if adapter is not None and reference is not None:
         raise ConfigError(
-            "give either --adapter (LoRA on a base model) or --reference (two checkpoints), not both"
+            f"give either {arg('adapter')} (LoRA on a base model) or {arg('reference')} (two checkpoints), not both"
         )
     check_dtype_device(dtype, device)
     facts = model_facts(model, option)

@@ -4,7 +4,14 @@
 - :mod:`~hedonic_neurons.synergy.pas`: PAS, φ = PAS_SIGN · E[ℓ − ℓ_{−i} − ℓ_{−j} + ℓ_{−ij}], exact
   in closed form for the local readout (:mod:`~hedonic_neurons.synergy.heads`), taylor, grad-outer;
 - :mod:`~hedonic_neurons.synergy.collect`: streaming, resumable, distributed collection over a
-  dataset (``hedonic collect``).
+  dataset (``hedonic collect``), with standard errors beside φ;
+- :mod:`~hedonic_neurons.synergy.base`: the protocol of a metric (:class:`SynergyMetric`) and the
+  registry :data:`METRICS` (a new metric is one file and one registration);
+- :mod:`~hedonic_neurons.synergy.api`: one call each, ``oca(model, data, layer)`` and
+  ``pas(model, data, layer, mode=..., readout=...)``, and :func:`synergy` (re-exported here) for
+  any registered metric. ``oca`` and ``pas`` are imported from ``hedonic_neurons.synergy.api``:
+  in this package those names are the modules :mod:`~hedonic_neurons.synergy.oca` and
+  :mod:`~hedonic_neurons.synergy.pas`.
 """
 
 import importlib
@@ -12,7 +19,11 @@ from typing import Any
 
 # Lazy exports: ``hedonic --help`` imports this package (for its CLI) and must not pull in torch.
 _EXPORTS = {
+    "METRICS": "base",
+    "SynergyMetric": "base",
+    "synergy": "api",
     "oca_phi": "oca",
+    "oca_se": "oca",
     "orthogonality": "oca",
     **{
         name: "pas"
@@ -39,14 +50,18 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "GRAD_OUTER_SIGN",
+    "METRICS",
     "PAS_SIGN",
     "PairSums",
+    "SynergyMetric",
     "exact_local_sum",
     "grad_outer_sum",
     "head_gradients",
     "head_hessians",
     "oca_phi",
+    "oca_se",
     "orthogonality",
     "residual_shifts",
+    "synergy",
     "taylor_sum",
 ]

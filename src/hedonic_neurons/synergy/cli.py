@@ -40,7 +40,11 @@ def collect(
         "--reference",
         help="Reference (pre-fine-tuning) checkpoint when MODEL is a full fine-tuned one.",
     ),
-    metric: str = typer.Option("oca", "--metric", help="oca | pas"),
+    metric: str = typer.Option(
+        "oca",
+        "--metric",
+        help="A registered synergy metric (hedonic_neurons.synergy.METRICS): built in oca | pas.",
+    ),
     mode: str = typer.Option("exact", "--mode", help="PAS: exact | taylor | grad-outer"),
     readout: str = typer.Option("local", "--readout", help="PAS: local (head after the layer) | full"),
     ablation: str = typer.Option(
@@ -51,7 +55,7 @@ def collect(
         None, "--max-pairs", help="PAS --readout full: number of neuron pairs (sampled with --seed)."
     ),
     max_inputs: int | None = typer.Option(
-        None, "--max-inputs", help="Use the first N (query, passage) pairs."
+        None, "--max-inputs", help="Use the first N (query, passage) pairs (any metric)."
     ),
     batch_size: int = typer.Option(16, "--batch-size"),
     pooling: str = typer.Option("tokens", "--pooling", help="OCA: tokens | mean | last"),
@@ -88,7 +92,7 @@ def collect(
     facts = validation.check_model_inputs(
         model, adapter=adapter, reference=reference, dtype=dtype, device=device
     )
-    chosen = validation.check_layers(parse_layers(layers, facts.n_layers or 0), facts, "--layers")
+    chosen = validation.check_layers(validation.parse_layers(layers, facts.n_layers), facts, "--layers")
     pairs = validation.read_pairs(data, "--data")
     validation.check_sample_count(
         settings.metric, settings.pooling, min(len(pairs), max_inputs or len(pairs)), "--max-inputs"

@@ -1,15 +1,25 @@
 """Collecting φ over a dataset: streaming, resumable, distributed (``hedonic collect``).
 
 :func:`collect` runs a :class:`~hedonic_neurons.models.NeuronModel` over (query, passage) pairs and
-writes one ``phi_layer{L}.safetensors`` per layer (key ``phi``, float32, n × n) with a JSON sidecar
-(settings, model identity, input format, counts and a distribution summary of φ).
+writes one ``phi_layer{L}.safetensors`` per layer (key ``phi``, float32, n × n; key ``phi_se``,
+the standard errors of φ's entries, same shape) with a JSON sidecar (settings, model identity,
+input format, counts, the standard-error estimator and a distribution summary of φ).
+
+The metric is any one registered in :data:`~hedonic_neurons.synergy.base.METRICS` (a
+:class:`~hedonic_neurons.synergy.base.SynergyMetric`); the two built in are registered here:
 
 - OCA: one forward pass per batch records every pending layer into
-  :class:`~hedonic_neurons.neurons.Moments` (:class:`OCACollector`).
+  :class:`~hedonic_neurons.neurons.Moments` (:class:`OCACollector`); standard errors by normal
+  theory (Fisher's z for ρ) with the number of inputs as the sample size.
 - PAS: one layer at a time (:class:`PASCollector`); ``local`` readout: the residual and the MLP
   input at the readout position (:func:`~hedonic_neurons.neurons.capture_site`) give the per-neuron
-  shifts d_i, and :mod:`~hedonic_neurons.synergy.pas` adds Σ_x Δ for all pairs; ``full`` readout:
-  batched ablation forwards (∅, {i}, {j}, {i, j}) for a requested set of pairs.
+  shifts d_i, and :mod:`~hedonic_neurons.synergy.pas` adds Σ_x Δ (and Σ_x Δ²) for all pairs;
+  ``full`` readout: batched ablation forwards (∅, {i}, {j}, {i, j}) for a requested set of
+  pairs. Standard errors: sd / √N of the per-input values.
+
+``settings.max_inputs`` selects the first N pairs for any metric (``hedonic collect
+--max-inputs``); the pipeline's input budget ``phi.max_inputs`` is passed on to non-streaming
+metrics (PAS) only, so OCA there uses every training pair.
 
 Resuming: a layer whose phi file exists with the same settings is skipped; within a pass the
 accumulators and the batch position are checkpointed atomically every few batches (one file per
@@ -20,9 +30,8 @@ and rank 0 writes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +41,14 @@ import numpy as np
 import torch
 
 from hedonic_neurons.artifacts import atomic_write_bytes, read_json, save_phi, validate_phi
-from hedonic_neurons.errors import ConfigError, DataError, ModelError, arg
+from hedonic_neurons.cachekey import cache_key
+from hedonic_neurons.errors import ConfigError, DataError, HedonicNote, arg
 from hedonic_neurons.locking import locks_output
 from hedonic_neurons.models.adapters import MLPWeights
+from hedonic_neurons.synergy.base import METRICS, SynergyMetric, reference_error
 from hedonic_neurons.synergy.distributed import World, barrier
 from hedonic_neurons.synergy.heads import NormAffineHead, NormTanhHead, structured_head
-from hedonic_neurons.synergy.oca import oca_phi
+from hedonic_neurons.synergy.oca import oca_phi, oca_se
 from hedonic_neurons.synergy.pas import (
     MAX_ELEMENTS,
     PAS_SIGN,
@@ -50,7 +61,6 @@ from hedonic_neurons.synergy.pas import (
     taylor_sum,
 )
 
-METRICS = ("oca", "pas")
 MODES = ("exact", "taylor", "grad-outer")
 READOUTS = ("local", "full")
 ABLATIONS = ("reference", "zero")
@@ -86,9 +96,12 @@ class CollectSettings:
     accumulate: str = "mixed"
 
     def check(self) -> CollectSettings:
-        """One-line :class:`ConfigError` for an invalid combination; returns self."""
+        """One-line :class:`ConfigError` for an unknown metric (one registered in
+        :data:`~hedonic_neurons.synergy.base.METRICS`), an unknown value or an invalid combination
+        (the metric's own :meth:`~hedonic_neurons.synergy.base.SynergyMetric.check_settings`);
+        returns self."""
+        metric = METRICS.get(self.metric)
         for name, allowed in (
-            ("metric", METRICS),
             ("mode", MODES),
             ("readout", READOUTS),
             ("ablation", ABLATIONS),
@@ -99,32 +112,19 @@ class CollectSettings:
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"unknown {name} '{value}' (expected one of {', '.join(allowed)})")
-        if self.metric == "pas" and self.readout == "full" and self.mode != "exact":
-            raise ConfigError(
-                f"--readout full supports --mode exact only (got '{self.mode}'); "
-                "taylor and grad-outer use the local readout"
-            )
         for name in ("batch_size", "max_inputs", "max_pairs"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+            ):
+                raise ConfigError(f"{arg(name)} must be a positive integer, got {value!r}")
+        metric.check_settings(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings that matter for this metric (irrelevant ones are left out)."""
-        out: dict[str, Any] = {
-            "metric": self.metric,
-            "batch_size": self.batch_size,
-            "max_inputs": self.max_inputs,
-            "seed": self.seed,
-        }
-        if self.metric == "oca":
-            out.update(pooling=self.pooling, statistic=self.statistic)
-        else:
-            out.update(mode=self.mode, readout=self.readout, ablation=self.ablation, pooling="readout")
-            if self.readout == "full":
-                out["max_pairs"] = self.max_pairs
-        return out
+        """The settings that matter for this metric (irrelevant ones are left out): the metric's
+        :meth:`~hedonic_neurons.synergy.base.SynergyMetric.describe_settings`."""
+        return METRICS.get(self.metric).describe_settings(self, self.metric)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -168,6 +168,27 @@ def sample_pairs(n: int, max_pairs: int | None, seed: int) -> np.ndarray:
     return np.stack([i, j], 1)
 
 
+def check_pairs(pairs: Any, n: int) -> np.ndarray:
+    """Neuron pairs as a sorted (m, 2) int64 array with i < j, duplicates removed; a one-line
+    :class:`ConfigError` (naming ``pairs=``) unless every row is two different indices in
+    0..n-1."""
+    arr = np.asarray(pairs)
+    if arr.size == 0 or arr.ndim != 2 or arr.shape[1] != 2 or arr.dtype.kind not in "iu":
+        raise ConfigError(
+            f"{arg('pairs')} must be a non-empty list of (i, j) neuron index pairs, got an array of shape "
+            f"{arr.shape} and dtype {arr.dtype}"
+        )
+    arr = arr.astype(np.int64)
+    bad = np.flatnonzero((arr < 0).any(1) | (arr >= n).any(1) | (arr[:, 0] == arr[:, 1]))
+    if bad.size:
+        i, j = arr[bad[0]]
+        raise ConfigError(
+            f"{arg('pairs')}: pair {int(bad[0])} is ({int(i)}, {int(j)}); expected two different "
+            f"neurons in 0..{n - 1}"
+        )
+    return np.unique(np.sort(arr, axis=1), axis=0)
+
+
 def phi_summary(phi: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
     """Distribution of the off-diagonal entries of φ (or of the entries where ``mask``)."""
     n = phi.shape[0]
@@ -197,13 +218,23 @@ def phi_summary(phi: np.ndarray, mask: np.ndarray | None = None) -> dict[str, An
 # ------------------------------------------------------------------------------------ collectors
 
 
-class OCACollector:
+@METRICS.register("oca")
+class OCACollector(SynergyMetric):
     """Streaming Moments of every pending layer, from one forward pass per batch.
 
     ``settings.accumulate == "mixed"``: activations are recorded (and mean-pooled) in the model's
     dtype, float32 for a half-precision model, and their products added into float64 sums;
     ``"fp64"``: recorded in float64, as originally. The layers share one scratch workspace.
+
+    Standard errors (``phi_se``): normal theory for the statistic with the number of inputs as
+    the number of independent samples (:func:`~hedonic_neurons.synergy.oca.oca_se`: Fisher's z
+    for ``corr``), written when there are at least 4 inputs (2 for ``cov``).
     """
+
+    name = "oca"
+    settings_fields = ("pooling", "statistic")
+    multi_layer = True
+    streaming = True
 
     def __init__(self, nm: Any, layers: Sequence[int], settings: CollectSettings) -> None:
         from hedonic_neurons.neurons import Moments
@@ -287,11 +318,63 @@ class OCACollector:
         down = self.nm.mlp_weights(layer).down
         phi = oca_phi(moments, down, statistic=self.settings.statistic)
         meta = {"n_inputs": self.inputs, "n_tokens": self.tokens, "n_samples": int(moments.count)}
-        return phi, {**meta, "accumulate": self.accumulate}
+        least = 4 if self.settings.statistic == "corr" else 2
+        if self.inputs >= least:
+            estimator = (
+                "(1 - |cos|) * (1 - rho^2) / sqrt(N - 3): delta method on Fisher's z"
+                if self.settings.statistic == "corr"
+                else "(1 - |cos|) * sqrt((var_i var_j + cov_ij^2) / (N - 1)): normal theory"
+            )
+            se = {"estimator": estimator, "N": self.inputs, "N_is": "inputs (independent samples)"}
+        else:
+            se = {"estimator": None, "why": f"{self.inputs} inputs; at least {least} needed"}
+        return phi, {**meta, "accumulate": self.accumulate, "se": se}
+
+    def arrays(self, layer: int) -> dict[str, np.ndarray]:
+        """``phi_se`` (see the class docstring), or nothing with too few inputs."""
+        least = 4 if self.settings.statistic == "corr" else 2
+        if self.inputs < least:
+            return {}
+        down = self.nm.mlp_weights(layer).down
+        se = oca_se(self.moments[layer], down, self.inputs, statistic=self.settings.statistic)
+        return {"phi_se": se}
 
 
-class PASCollector:
-    """Streaming Σ_x of Δ_ij (or its taylor / grad-outer value) for one layer."""
+@METRICS.register("pas")
+class PASCollector(SynergyMetric):
+    """Streaming Σ_x of Δ_ij (or its taylor / grad-outer value) for one layer, and Σ_x of its
+    square, so that ``phi_se`` = sd / √N over the N inputs (:meth:`PairSums.se`)."""
+
+    name = "pas"
+    settings_fields = ("mode", "readout", "ablation")
+    multi_layer = False
+    streaming = False
+    options = ("max_elements", "pair_dtype", "pairs")
+
+    @classmethod
+    def check_settings(cls, settings: Any) -> None:
+        if settings.readout == "full" and settings.mode != "exact":
+            raise ConfigError(
+                f"{arg('readout')} full supports {arg('mode')} exact only (got '{settings.mode}'); "
+                "taylor and grad-outer use the local readout"
+            )
+
+    @classmethod
+    def needs_reference(cls, settings: Any) -> bool:
+        return settings.ablation == "reference"
+
+    @classmethod
+    def describe_settings(cls, settings: Any, metric: str) -> dict[str, Any]:
+        out = super().describe_settings(settings, metric)
+        out["pooling"] = "readout"
+        if settings.readout == "full":
+            out["max_pairs"] = settings.max_pairs
+        return out
+
+    @classmethod
+    def create(cls, nm: Any, layers: Sequence[int], settings: Any, **options: Any) -> PASCollector:
+        (layer,) = layers
+        return cls(nm, layer, settings, **{k: v for k, v in options.items() if k in cls.options})
 
     def __init__(
         self,
@@ -301,29 +384,32 @@ class PASCollector:
         *,
         max_elements: int = MAX_ELEMENTS,
         pair_dtype: torch.dtype = torch.float32,
+        pairs: np.ndarray | None = None,
     ) -> None:
         """``pair_dtype``: precision of the tanh-pooler path's per-pair work (BERT's head; the
         other heads combine in float64). float32 is exact to about 1e-7 of max|φ| there
         (the second difference is computed without cancellation, see
-        :func:`~hedonic_neurons.synergy.pas.exact_local_sum`) and 2.5x faster than float64."""
+        :func:`~hedonic_neurons.synergy.pas.exact_local_sum`) and 2.5x faster than float64.
+        ``pairs``: the neuron pairs (m, 2) to report (:func:`check_pairs`); φ and its standard
+        errors are zero elsewhere. Default: for the ``full`` readout ``settings.max_pairs``
+        pairs drawn with ``settings.seed`` (all pairs when it is None), for ``local`` all pairs
+        (the closed forms compute every pair at once)."""
         from hedonic_neurons.neurons import local_head
 
         self.nm, self.layer, self.settings = nm, layer, settings
         self.layers = [layer]
         self.max_elements, self.pair_dtype = max_elements, pair_dtype
-        self.sums = PairSums(nm.n_neurons, device=nm.device)
+        self.sums = PairSums(nm.n_neurons, device=nm.device, squares=True)
         self.reference: MLPWeights | None = None
         if settings.ablation == "reference":
             if not getattr(nm, "has_reference", False):
-                raise ModelError(
-                    f"reference ablation needs the pre-fine-tuning weights: pass {arg('adapter')} or "
-                    f"{arg('reference')}, or use {arg('ablation')} zero"
-                )
+                raise reference_error()
             self.reference = nm.reference_mlp_weights(layer)
-        self.pairs: np.ndarray | None = None
+        self.pairs: np.ndarray | None = None if pairs is None else check_pairs(pairs, nm.n_neurons)
         self.head_kind = "ablation"
         if settings.readout == "full":
-            self.pairs = sample_pairs(nm.n_neurons, settings.max_pairs, settings.seed)
+            if self.pairs is None:
+                self.pairs = sample_pairs(nm.n_neurons, settings.max_pairs, settings.seed)
             return
         self.weights = _fp32(nm.mlp_weights(layer))
         self.ref32 = _fp32(self.reference) if self.reference is not None else None
@@ -369,24 +455,24 @@ class PASCollector:
         ref_down = self.ref32.down if self.ref32 is not None else None
         n, d = down.shape[1], down.shape[0]
         step = max(1, MAX_SHIFT_ELEMENTS // (n * d))
-        out = self.sums.sum
+        out, sq = self.sums.sum, self.sums.sq
         mode = self.settings.mode
         for s in range(0, r.shape[0], step):
             rows = slice(s, s + step)
             if mode == "grad-outer":
                 with torch.enable_grad():
                     grads = head_gradients(self.head, r[rows]).detach() @ down
-                grad_outer_sum(grads, a[rows], out)
+                grad_outer_sum(grads, a[rows], out, sq)
                 continue
             shifts = residual_shifts(a[rows], down, a_ref[rows] if a_ref is not None else None, ref_down)
             if mode == "taylor":
                 with torch.enable_grad():
                     hess = head_hessians(self.head, r[rows]).detach()
-                taylor_sum(shifts, hess, out)
+                taylor_sum(shifts, hess, out, sq)
             else:
                 head = self.structured if self.structured is not None else self.head
                 exact_local_sum(
-                    r[rows], shifts, head, out, max_elements=self.max_elements, dtype=self.pair_dtype
+                    r[rows], shifts, head, out, max_elements=self.max_elements, dtype=self.pair_dtype, sq=sq
                 )
 
     def _update_full(self, batch: dict[str, Any], index: int) -> None:
@@ -412,31 +498,68 @@ class PASCollector:
         single_rows = torch.as_tensor([where[int(i)] for i in pairs[:, 0]])
         single_cols = torch.as_tensor([where[int(j)] for j in pairs[:, 1]])
         pair_rows = torch.arange(len(pairs)) + 1 + len(singles)
-        delta = (base - logits[single_rows] - logits[single_cols] + logits[pair_rows]).sum(1)
+        delta = PAS_SIGN * (base - logits[single_rows] - logits[single_cols] + logits[pair_rows])
         ii, jj = torch.as_tensor(pairs[:, 0]), torch.as_tensor(pairs[:, 1])
-        out = self.sums.sum
-        out[ii, jj] += PAS_SIGN * delta.to(out)
-        out[jj, ii] += PAS_SIGN * delta.to(out)
+        out, sq = self.sums.sum, self.sums.sq
+        total, squares = delta.sum(1).to(out), delta.square().sum(1).to(out)
+        out[ii, jj] += total
+        out[jj, ii] += total
+        sq[ii, jj] += squares
+        sq[jj, ii] += squares
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = self.sums.state_dict()
         return {
             "sum": state["sum"],
+            "sq": state["sq"],
             "count": torch.tensor(state["count"]),
             "tokens": torch.tensor(state["tokens"]),
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore; a checkpoint without ``sq`` (written before standard errors) is a KeyError."""
         self.sums = PairSums.from_state_dict(
-            {"sum": state["sum"], "count": int(state["count"]), "tokens": int(state["tokens"])},
+            {
+                "sum": state["sum"],
+                "sq": state["sq"],
+                "count": int(state["count"]),
+                "tokens": int(state["tokens"]),
+            },
             device=self.nm.device,
         )
 
     def all_reduce(self) -> None:
         self.sums.all_reduce()
 
+    def _mask(self) -> np.ndarray | None:
+        if self.pairs is None:
+            return None
+        n = self.sums.n
+        mask = np.zeros((n, n), dtype=bool)
+        mask[self.pairs[:, 0], self.pairs[:, 1]] = mask[self.pairs[:, 1], self.pairs[:, 0]] = True
+        return mask
+
+    def summary_mask(self, layer: int) -> np.ndarray | None:
+        mask = self._mask()
+        if mask is not None:
+            mask = np.triu(mask, 1)  # each requested pair once
+        return mask
+
+    def arrays(self, layer: int) -> dict[str, np.ndarray]:
+        """``phi_se``: sd / √N of the per-input values over the N inputs (needs N ≥ 2)."""
+        if self.sums.count < 2:
+            return {}
+        se = self.sums.se().to(torch.float32).cpu().numpy()
+        mask = self._mask()
+        if mask is not None:
+            se[~mask] = 0.0
+        return {"phi_se": se}
+
     def result(self, layer: int) -> tuple[np.ndarray, dict[str, Any]]:
         phi = self.sums.mean().to(torch.float32).cpu().numpy()
+        mask = self._mask()
+        if mask is not None:
+            phi[~mask] = 0.0
         meta: dict[str, Any] = {
             "n_inputs": self.sums.count,
             "n_tokens": self.sums.tokens,
@@ -452,6 +575,10 @@ class PASCollector:
                 "unrequested_entries": "0",
                 "list": self.pairs.tolist() if len(self.pairs) <= 100_000 else None,
             }
+        if self.sums.count >= 2:
+            meta["se"] = {"estimator": "sd / sqrt(N) of the per-input values", "N": self.sums.count}
+        else:
+            meta["se"] = {"estimator": None, "why": f"{self.sums.count} input; at least 2 needed"}
         return phi, meta
 
 
@@ -486,7 +613,7 @@ def _identity(nm: Any, settings: CollectSettings, data: str, n_pairs: int) -> di
 
 
 def _key(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_key(identity)
 
 
 def _finished(path: Path, key: str) -> bool:
@@ -557,10 +684,13 @@ def collect(
     folder is removed at the end.
     """
     settings.check()
+    metric = METRICS.get(settings.metric)
     world = world or World()
     layers = sorted({int(nm.check_layer(int(layer))) for layer in layers})
     if not layers:
-        raise ConfigError("no layers given (expected e.g. --layers 2,3,4)")
+        raise ConfigError(f"no layers given (expected e.g. {arg('layers')} 2,3,4)")
+    if metric.needs_reference(settings) and not getattr(nm, "has_reference", False):
+        raise reference_error()
     pairs = list(pairs)[: settings.max_inputs] if settings.max_inputs else list(pairs)
     if not pairs:
         raise DataError(f"{data or 'the data'}: no usable (query, passage) rows; expected at least one")
@@ -568,21 +698,29 @@ def collect(
     identity = _identity(nm, settings, data, len(pairs))
     key = _key(identity)
     pending = [layer for layer in layers if not _finished(phi_path(out_dir, layer), key)]
-    groups = [pending] if settings.metric == "oca" and pending else [[layer] for layer in pending]
+    groups = [pending] if metric.multi_layer and pending else [[layer] for layer in pending]
     n_batches = math.ceil(len(pairs) / settings.batch_size)
     shard = list(world.shard(n_batches))
     for group in groups:
         name = f"{settings.metric}-layers{'_'.join(map(str, group))}"
         ckpt = out_dir / ".partial" / f"{name}.rank{world.rank}.safetensors"
-        if settings.metric == "oca":
-            collector: Any = OCACollector(nm, group, settings)
-        else:
-            collector = PASCollector(nm, group[0], settings, max_elements=max_elements, pair_dtype=pair_dtype)
+        collector = metric.create(nm, group, settings, max_elements=max_elements, pair_dtype=pair_dtype)
         start = 0
         loaded = _load_checkpoint(ckpt, key, world)
         if loaded is not None:
-            collector.load_state_dict(loaded[0])
-            start = loaded[1]
+            try:
+                collector.load_state_dict(loaded[0])
+                start = loaded[1]
+            except KeyError as exc:  # a checkpoint of an older version, without an accumulator
+                warnings.warn(
+                    f"{ckpt}: checkpoint lacks the accumulator {exc.args[0]!r} (written by an older "
+                    "version); that pass starts over",
+                    HedonicNote,
+                    stacklevel=2,
+                )
+                collector = metric.create(
+                    nm, group, settings, max_elements=max_elements, pair_dtype=pair_dtype
+                )
         done = _run_pass(
             collector,
             nm,
@@ -646,13 +784,13 @@ def _run_pass(
     return True
 
 
-def _write(collector: Any, layer: int, nm: Any, identity: dict[str, Any], key: str, out_dir: Path) -> Path:
+def _write(
+    collector: SynergyMetric, layer: int, nm: Any, identity: dict[str, Any], key: str, out_dir: Path
+) -> Path:
     phi, meta = collector.result(layer)
     validate_phi(phi, name=f"phi of layer {layer}")
-    mask = None
-    if isinstance(collector, PASCollector) and collector.pairs is not None:
-        mask = np.zeros(phi.shape, dtype=bool)
-        mask[collector.pairs[:, 0], collector.pairs[:, 1]] = True
+    arrays = collector.arrays(layer)
+    mask = collector.summary_mask(layer)
     metadata = {
         "format": PHI_FORMAT,
         "layer": layer,
@@ -662,4 +800,4 @@ def _write(collector: Any, layer: int, nm: Any, identity: dict[str, Any], key: s
         "summary": phi_summary(phi, mask),
         "key": key,
     }
-    return save_phi(phi_path(out_dir, layer), phi, metadata)
+    return save_phi(phi_path(out_dir, layer), phi, metadata, arrays=arrays)

@@ -7,7 +7,9 @@ Ablating neuron i at the readout position moves the residual r by a per-input ve
     Δ_ij = ℓ − ℓ_{−i} − ℓ_{−j} + ℓ_{−ij},    φ_PAS(i, j) = PAS_SIGN · E_x[Δ_ij(x)].
 
 Everything here adds per-input values into a streaming :class:`PairSums` (an n × n sum in fp64
-and a count), so memory never grows with the data and distributed runs reduce exactly.
+and a count), so memory never grows with the data and distributed runs reduce exactly. Given an
+``sq`` matrix, the functions also add the per-input values squared, from which
+:meth:`PairSums.se` gives the standard error of φ (sd / √N over the inputs).
 
 Cost per input (n neurons, d = d_model, d_p = pooler width):
 
@@ -58,12 +60,17 @@ class PairSums:
     """Streaming sum of a per-input n × n quantity, with the number of inputs it covers.
 
     ``sum`` is an (n, n) tensor (fp64 by default) on ``device``; ``count`` the number of inputs;
-    ``tokens`` the number of non-pad tokens those inputs had (for the record). The sums are
-    additive: :meth:`merge` and :meth:`all_reduce` combine shards exactly.
+    ``tokens`` the number of non-pad tokens those inputs had (for the record). With
+    ``squares=True`` it also keeps ``sq``, the sum of the per-input values squared, from which
+    :meth:`se` gives the standard error of :meth:`mean`. The sums are additive: :meth:`merge` and
+    :meth:`all_reduce` combine shards exactly.
     """
 
-    def __init__(self, n: int, dtype: torch.dtype = torch.float64, device: Any = None) -> None:
+    def __init__(
+        self, n: int, dtype: torch.dtype = torch.float64, device: Any = None, *, squares: bool = False
+    ) -> None:
         self.sum = torch.zeros(n, n, dtype=dtype, device=device)
+        self.sq = torch.zeros(n, n, dtype=dtype, device=device) if squares else None
         self.count = 0
         self.tokens = 0
 
@@ -78,8 +85,28 @@ class PairSums:
         out.fill_diagonal_(0.0)
         return out
 
+    def se(self) -> torch.Tensor:
+        """The standard error of :meth:`mean`: sd / √N over the N inputs, sd the sample standard
+        deviation (divisor N − 1) of the per-input values, from Σ x and Σ x² of each entry
+        (symmetrised, zero diagonal). Needs ``squares=True`` and N ≥ 2."""
+        if self.sq is None:
+            raise ValueError("PairSums(squares=False) keeps no squares: no standard error")
+        count = self.count
+        if count < 2:
+            raise ValueError(f"a standard error needs at least 2 inputs, have {count}")
+        total = 0.5 * (self.sum + self.sum.T)
+        sq = 0.5 * (self.sq + self.sq.T)
+        var = (sq - total * total / count).clamp_(min=0.0) / (count - 1)
+        out = (var / count).sqrt_()
+        out.fill_diagonal_(0.0)
+        return out
+
     def merge(self, other: PairSums) -> PairSums:
         self.sum += other.sum.to(self.sum)
+        if self.sq is not None:
+            if other.sq is None:
+                raise ValueError("cannot merge PairSums without squares into one with squares")
+            self.sq += other.sq.to(self.sq)
         self.count += other.count
         self.tokens += other.tokens
         return self
@@ -91,18 +118,26 @@ class PairSums:
         if dist.is_available() and dist.is_initialized():
             counts = torch.tensor([self.count, self.tokens], dtype=torch.float64, device=self.sum.device)
             dist.all_reduce(self.sum)
+            if self.sq is not None:
+                dist.all_reduce(self.sq)
             dist.all_reduce(counts)
             self.count, self.tokens = (round(c) for c in counts.tolist())
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sum": self.sum.detach().cpu(), "count": self.count, "tokens": self.tokens}
+        state = {"sum": self.sum.detach().cpu(), "count": self.count, "tokens": self.tokens}
+        if self.sq is not None:
+            state["sq"] = self.sq.detach().cpu()
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: Any = None) -> PairSums:
+        """Rebuild from :meth:`state_dict` (with squares when the state has ``sq``)."""
         total = state["sum"]
-        obj = cls(int(total.shape[0]), dtype=total.dtype, device=device)
+        obj = cls(int(total.shape[0]), dtype=total.dtype, device=device, squares="sq" in state)
         obj.sum.copy_(total)
+        if obj.sq is not None:
+            obj.sq.copy_(state["sq"])
         obj.count, obj.tokens = int(state["count"]), int(state["tokens"])
         return obj
 
@@ -512,6 +547,7 @@ def exact_local_sum(
     *,
     max_elements: int = MAX_ELEMENTS,
     dtype: torch.dtype = torch.float64,
+    sq: torch.Tensor | None = None,
 ) -> None:
     """Add PAS_SIGN · Σ_x Δ_ij(x) for one batch to ``out`` (n, n), exactly (no approximation).
 
@@ -527,7 +563,19 @@ def exact_local_sum(
     to a brute force in extended precision). On CPU the tanh path runs on torch.get_num_threads()
     threads and sets torch's intra-op threads to 1 during the call (restored afterwards).
     The diagonal of ``out`` receives meaningless values; :meth:`PairSums.mean` zeroes it.
+    ``sq``: if given, Σ_x Δ_ij(x)² is added to it (the inputs are then evaluated one at a time
+    into a scratch n × n matrix, which adds O(n²) work per input to the O(n²·d) of the pairs).
     """
+    if sq is not None:
+        one = torch.empty_like(out)
+        for b in range(r.shape[0]):
+            one.zero_()
+            exact_local_sum(
+                r[b : b + 1], shifts[b : b + 1], head, one, max_elements=max_elements, dtype=dtype
+            )
+            out += one
+            sq.addcmul_(one, one)
+        return
     if isinstance(head, NormAffineHead):
         _exact_affine(r, shifts, head, out, max_elements)
     elif isinstance(head, NormTanhHead):
@@ -550,17 +598,33 @@ def head_gradients(f: Callable[[torch.Tensor], torch.Tensor], r: torch.Tensor) -
     return vmap(grad(f))(r)
 
 
-def taylor_sum(shifts: torch.Tensor, hessians: torch.Tensor, out: torch.Tensor) -> None:
+def taylor_sum(
+    shifts: torch.Tensor, hessians: torch.Tensor, out: torch.Tensor, sq: torch.Tensor | None = None
+) -> None:
     """Add PAS_SIGN · Σ_x d_iᵀ H_r d_j (the second-order Taylor value of Δ_ij) to ``out``.
 
     ``hessians`` (B, d, d) are the head's Hessians in residual space (:func:`head_hessians`);
-    the n × n product is one contraction over (input, d), never an n × n Hessian.
+    the n × n product is one contraction over (input, d), never an n × n Hessian. ``sq``: if
+    given, Σ_x (d_iᵀ H_r d_j)² is added to it (one n × n product per input instead of one
+    contraction for the batch: the same multiply-adds).
     """
     hd = torch.bmm(shifts, hessians.to(shifts.dtype))  # (B, n, d)
-    out += PAS_SIGN * torch.tensordot(hd, shifts, dims=([0, 2], [0, 2])).to(out.dtype)
+    if sq is None:
+        out += PAS_SIGN * torch.tensordot(hd, shifts, dims=([0, 2], [0, 2])).to(out.dtype)
+        return
+    for b in range(shifts.shape[0]):
+        one = (hd[b] @ shifts[b].T).to(out.dtype)
+        out.add_(one, alpha=PAS_SIGN)
+        sq.addcmul_(one, one)
 
 
-def grad_outer_sum(grads: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> None:
-    """Add GRAD_OUTER_SIGN · Σ_x (g⊙a)(g⊙a)ᵀ to ``out``; g = ∂ℓ/∂a (B, n), a (B, n)."""
+def grad_outer_sum(
+    grads: torch.Tensor, a: torch.Tensor, out: torch.Tensor, sq: torch.Tensor | None = None
+) -> None:
+    """Add GRAD_OUTER_SIGN · Σ_x (g⊙a)(g⊙a)ᵀ to ``out``; g = ∂ℓ/∂a (B, n), a (B, n). ``sq``: if
+    given, Σ_x ((g⊙a)_i (g⊙a)_j)² = ((g⊙a)²)ᵀ (g⊙a)² is added to it."""
     v = (grads * a).to(out.dtype)
     out += GRAD_OUTER_SIGN * (v.T @ v)
+    if sq is not None:
+        v2 = v * v
+        sq += v2.T @ v2
