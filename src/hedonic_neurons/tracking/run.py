@@ -410,6 +410,31 @@ def write_tracking(
     return written
 
 
+def track_with_settings(
+    model: Any,
+    partitions: Mapping[int, Sequence[Sequence[int]]],
+    mean_abs: Mapping[int, Any],
+    settings: TrackSettings,
+    flow: FlowSpec | None = None,
+) -> list[TransitionResult]:
+    """:func:`track_partitions` with every option taken from ``settings`` (no flow when
+    ``settings.flow_pairs`` is 0)."""
+    return track_partitions(
+        model,
+        partitions,
+        mean_abs,
+        tau=settings.tau,
+        min_size=settings.min_size,
+        rule=settings.rule,
+        block_size=settings.block_size,
+        null_draws=settings.null_draws,
+        null_level=settings.null_level,
+        horizon=settings.horizon,
+        seed=settings.seed,
+        flow=flow if settings.flow_pairs > 0 else None,
+    )
+
+
 def track_and_write(
     model: Any,
     partitions: Mapping[int, Sequence[Sequence[int]]],
@@ -424,20 +449,7 @@ def track_and_write(
 ) -> tuple[list[TransitionResult], dict[str, Path]]:
     """Track with ``settings`` and write every output file: the one path of ``hedonic track`` and
     of ``hedonic run``'s tracking stage (same partitions, E|a_p| and inputs: same files)."""
-    results = track_partitions(
-        model,
-        partitions,
-        mean_abs,
-        tau=settings.tau,
-        min_size=settings.min_size,
-        rule=settings.rule,
-        block_size=settings.block_size,
-        null_draws=settings.null_draws,
-        null_level=settings.null_level,
-        horizon=settings.horizon,
-        seed=settings.seed,
-        flow=flow if settings.flow_pairs > 0 else None,
-    )
+    results = track_with_settings(model, partitions, mean_abs, settings, flow)
     meta = {"settings": settings.to_dict(), **(meta or {})}
     return results, write_tracking(results, out_dir, method=method, meta=meta, bundle_dir=bundle_dir)
 
@@ -533,3 +545,35 @@ def track_model(
         flow=inputs.flow,
         bundle_dir=bundle_dir,
     )
+
+
+def track(
+    nm: Any,
+    partitions: Mapping[int, Any],
+    pairs: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    **settings: Any,
+) -> list[TransitionResult]:
+    """Track coalitions across layers from Python, in one call (``hn.track``).
+
+    ``nm``: a :class:`~hedonic_neurons.models.NeuronModel`; ``partitions``: ``{layer: partition}``
+    where a partition is a :class:`~hedonic_neurons.partition.Partition`, a labels array or a list
+    of coalitions; ``pairs``: the (query, passage) pairs E|a_p| (and the interventional flow) are
+    estimated on; ``settings``: any field of :class:`TrackSettings` (``rule``, ``horizon``,
+    ``null_draws``, ``flow_pairs``, ``max_pairs``, ``seed``, ...). Returns one
+    :class:`~hedonic_neurons.tracking.transitions.TransitionResult` per tracked layer pair, with the
+    same numbers ``hedonic track`` writes for the same model, partitions, pairs and settings.
+    """
+    from hedonic_neurons.partition import Partition
+
+    unknown = sorted(set(settings) - {f.name for f in fields(TrackSettings)})
+    if unknown:
+        names = ", ".join(f.name for f in fields(TrackSettings))
+        raise ConfigError(f"track: unknown setting {unknown[0]!r} (expected one of: {names})")
+    if not isinstance(partitions, Mapping) or not partitions:
+        raise ConfigError(f"{arg('partitions')} expected a non-empty mapping {{layer: partition}}")
+    coalitions = {int(layer): Partition.from_any(p).coalitions for layer, p in partitions.items()}
+    opts = TrackSettings(**settings)
+    inputs = track_inputs(nm, pairs, list(coalitions), opts, batch_size=batch_size)
+    return track_with_settings(nm.model, coalitions, inputs.mean_abs, opts, inputs.flow)
