@@ -8,10 +8,13 @@ layer; then, on held-out demo inputs, this benchmark collects every φ the code 
 - PAS ``exact`` with the ``local`` readout, PAS ``taylor`` (local; the only readout it has),
 - PAS ``exact`` with the ``full`` readout: every pair of planted neurons by batched ablation
   (under reference ablation every other neuron equals its reference, so its φ is exactly 0;
-  ``tests/test_plant.py`` checks that through ``hedonic collect --readout full``),
+  ``tests/test_plant.py`` checks that through ``hedonic collect --readout full``), input by
+  input, so that it has standard errors (sd / √N over the inputs),
 
 and partitions each with exact Top Covering and PAC-Top-Cover (k = 1, 2, 4; PAC also with
-φ-aware sampling at k = 2) and with the baselines (random size-matched, spherical k-means on the
+φ-aware sampling at k = 2), a φ with standard errors also with the thresholded game (exact Top
+Covering with ``min_z`` = 3 and 6 at every k: only φ_ij > min_z · se_ij is a partner), and with
+the baselines (random size-matched, spherical k-means on the
 input rows, hierarchical on activation profiles, Louvain communities of positive φ). Scored:
 
 - per φ: mean φ within AND groups and within OR groups (A4 sign: AND > 0, OR < 0), the fraction
@@ -29,6 +32,8 @@ the commands that made them::
     python benchmarks/bench_recovery.py --model smollm2 --layer 10 --and-groups 4 --or-groups 2 \\
         --max-size 6 --calibration 128 --phi-inputs 32 --full-inputs 8
     python benchmarks/bench_recovery.py --render-only
+
+``--no-docs`` measures (and caches) without rewriting the docs.
 """
 
 from __future__ import annotations
@@ -110,30 +115,36 @@ def collect_phis(
             "inputs": len(pairs),
             "seconds": json.loads(timing.read_text())["seconds"],
         }
-    # full readout: every pair of planted neurons (every other entry is exactly 0)
-    cache = work / "phi" / "pas-exact-full.npz"
+    # full readout: every pair of planted neurons (every other entry is exactly 0, with se 0),
+    # input by input (Δ of each pair on each input), so φ is the mean and se = sd / √N
+    cache = work / "phi" / "pas-exact-full-inputs.npz"
     planted = sorted(i for g in truth["groups"] for i in g["members"])
     full_pairs = held_out_pairs(args.data, args.seed, args.calibration + 1000, args.full_inputs)
     t0 = time.time()
     if cache.is_file():
         saved = np.load(cache)
-        values, seconds = saved["values"], float(saved["seconds"])
+        per_input, seconds = saved["per_input"], float(saved["seconds"])
     else:
-        _log(f"PAS exact full: {len(planted)} planted neurons, {len(full_pairs)} inputs")
+        _log(f"PAS exact full: {len(planted)} planted neurons, {len(full_pairs)} inputs, one at a time")
         todo = [(i, j) for a, i in enumerate(planted) for j in planted[a + 1 :]]
-        batches = [
-            nm.encode([p.query for p in full_pairs[s : s + 8]], [p.passage for p in full_pairs[s : s + 8]])
-            for s in range(0, len(full_pairs), 8)
-        ]
-        values = pair_deltas(nm, batches, layer, nm.reference_mlp_weights(layer), todo)
+        reference = nm.reference_mlp_weights(layer)
+        per_input = np.stack(
+            [pair_deltas(nm, [nm.encode([p.query], [p.passage])], layer, reference, todo) for p in full_pairs]
+        )
         seconds = time.time() - t0
-        np.savez(cache, values=values, seconds=seconds)
+        np.savez(cache, per_input=per_input, seconds=seconds)
+    values = per_input.mean(0)
+    errors = per_input.std(0, ddof=1) / np.sqrt(len(per_input)) if len(per_input) > 1 else None
     phi = np.zeros((nm.n_neurons, nm.n_neurons), dtype=np.float32)
+    se = np.zeros_like(phi) if errors is not None else None
     iu = [(i, j) for a, i in enumerate(planted) for j in planted[a + 1 :]]
-    for (i, j), v in zip(iu, values):
-        phi[i, j] = phi[j, i] = v
+    for k, (i, j) in enumerate(iu):
+        phi[i, j] = phi[j, i] = values[k]
+        if se is not None:
+            se[i, j] = se[j, i] = errors[k]
     out["PAS exact full"] = {
         "phi": phi,
+        "se": se,
         "metric": "pas",
         "readout": "full",
         "mode": "exact",
@@ -264,6 +275,12 @@ def partitions(
                 t0 = time.time()
                 est = make().fit(phi)
                 add(name, method, k, est, time.time() - t0)
+        if item.get("se") is not None:  # the thresholded game, on the φ that has standard errors
+            for z in args.min_z:
+                for k in args.ks:
+                    t0 = time.time()
+                    est = TopCover(k=k, min_z=z).fit(phi, item["se"])
+                    add(name, f"TopCover min_z={z:g}", k, est, time.time() - t0)
         t0 = time.time()
         est = PACTopCover(k=2, sampling="phi", phi_power=4, random_state=args.seed).fit(phi)
         add(name, "PACTopCover phi^4", 2, est, time.time() - t0)
@@ -628,6 +645,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phi-inputs", type=int, default=64, help="inputs for OCA and the local PAS")
     parser.add_argument("--full-inputs", type=int, default=16, help="inputs for PAS with the full readout")
     parser.add_argument("--ks", default="1,2,4")
+    parser.add_argument(
+        "--min-z", default="3,6", help="thresholds of the thresholded game, on the φ with standard errors"
+    )
+    parser.add_argument("--no-docs", action="store_true", help="measure and cache, but leave docs/ as it is")
     parser.add_argument("--data", default="demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=os.path.expanduser("~/.cache/hedonic-neurons/recovery"))
@@ -636,12 +657,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     args.ks = [int(k) for k in args.ks.split(",")]
+    args.min_z = [float(z) for z in args.min_z.split(",") if z.strip()]
     work = Path(args.work).expanduser()
     if not args.render_only:
         shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a]
         command = "python benchmarks/bench_recovery.py " + " ".join(shlex.quote(a) for a in shown)
         run_model(args, command.strip())
-    write_docs(work)
+    if not args.no_docs:
+        write_docs(work)
 
 
 if __name__ == "__main__":

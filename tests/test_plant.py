@@ -324,6 +324,93 @@ def test_bad_inputs_exit_2_with_one_line(tiny_planted, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def _state(nm) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in nm.model.state_dict().items()}
+
+
+def test_plant_a_neuron_model_returns_the_planted_model_and_leaves_the_callers_untouched(
+    tiny_planted, tmp_path
+):
+    """hn.plant(NeuronModel, out): the same planting as from the folder (same seed, same inputs),
+    the caller's model unchanged and written as the reference, the planted model returned with
+    the unplanted weights as its reference."""
+    original, data, from_folder = tiny_planted
+    nm = load_model(original, device="cpu")
+    before = _state(nm)
+    with one_thread():
+        result = plant(
+            nm, tmp_path / "out", layer=LAYER, and_sizes=[3, 4], or_sizes=[3], calibration=256, verify=32,
+            data=data,
+        )  # fmt: skip
+    after = _state(nm)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the caller's model as it was
+    planted = result.model
+    assert planted is not nm and planted.model is not nm.model
+    assert [g["members"] for g in result.groups] == [g["members"] for g in from_folder.groups]
+    written = load_file(str(from_folder.model_dir / "model.safetensors"))
+    for key, value in planted.model.state_dict().items():  # what the folder's planting wrote
+        np.testing.assert_allclose(value.numpy(), written[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    # the reference of the returned model is the unplanted one, at both changed layers
+    for layer in (LAYER, LAYER + 1):
+        ref, mine = planted.reference_mlp_weights(layer), nm.mlp_weights(layer)
+        assert torch.equal(ref.up, mine.up) and torch.equal(ref.down, mine.down)
+    assert not torch.equal(planted.mlp_weights(LAYER).up, nm.mlp_weights(LAYER).up)
+    # written: the planted checkpoint, and the caller's (unplanted) model as the reference
+    assert result.reference == str((tmp_path / "out" / "original").resolve())
+    ref_files = load_file(str(tmp_path / "out" / "original" / "model.safetensors"))
+    assert all(np.array_equal(ref_files[k], before[k].numpy()) for k in ref_files)
+    assert result.ground_truth["collect"].startswith(f"hedonic collect {result.model_dir} --reference ")
+    assert load_ground_truth(tmp_path / "out")["groups"] == result.groups
+
+
+def test_plant_without_out_writes_nothing(tiny_planted, tmp_path, monkeypatch):
+    original, data, _ = tiny_planted
+    monkeypatch.chdir(tmp_path)
+    with one_thread():
+        result = plant(original, layer=LAYER, and_sizes=[3], or_groups=0, calibration=32, verify=0, data=data)
+    assert list(tmp_path.iterdir()) == []
+    assert result.model_dir is None and result.ground_truth_path is None
+    assert result.ground_truth["collect"] is None and result.ground_truth["model"] is None
+    members = result.groups[0]["members"]
+    nm = result.model
+    ref, cur = nm.reference_mlp_weights(LAYER), nm.mlp_weights(LAYER)
+    rest = np.setdiff1d(np.arange(64), members)
+    assert torch.equal(ref.up[rest], cur.up[rest]) and not torch.equal(ref.up[members], cur.up[members])
+    assert torch.equal(ref.up, load_model(original, device="cpu").mlp_weights(LAYER).up)
+
+
+def test_python_bad_inputs_one_error_each_before_any_weight_is_touched(tiny_planted, tmp_path):
+    from hedonic_neurons.errors import ConfigError, HedonicError, ModelError
+
+    original, data, _ = tiny_planted
+    nm = load_model(original, device="cpu")
+    before = _state(nm)
+    out = tmp_path / "o"
+    base = {"calibration": 32, "verify": 0, "data": data}
+    cases = [
+        ({"layer": 5}, ModelError, r"layer 5 is out of range: this model has 3 layers \(0\.\.2\)"),
+        ({"layer": 2}, ModelError, r"layer 2 is the last layer.*plant at 0\.\.1"),
+        ({"layer": 1, "and_sizes": [65], "or_groups": 0}, ModelError, r"group of 65 neurons is larger"),
+        (
+            {"layer": 1, "and_sizes": [40, 30], "or_groups": 0},
+            ModelError,
+            r"the groups need 70 neurons in total, but layer 1 has 64",
+        ),
+        ({"layer": 1, "seed": -1}, ConfigError, r"^seed= -1: expected an integer >= 0$"),
+        ({"layer": 1, "and_groups": 2.5}, ConfigError, r"^and_groups= 2\.5: expected a non-negative integer$"),
+        ({"layer": 1, "and_sizes": ["3"]}, ConfigError, r"^and_sizes= \('3',\): expected a list of integer"),
+        ({"layer": 1, "calibration": 10**6}, ConfigError, r"demo has \d+ \(query, passage\) pairs"),
+    ]
+    for kwargs, kind, pattern in cases:
+        for model in (nm, original):
+            with pytest.raises(kind, match=pattern) as exc:
+                plant(model, out, **{**base, **kwargs})
+            assert isinstance(exc.value, HedonicError) and "\n" not in str(exc.value)
+    after = _state(nm)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------- MiniLM
 
 

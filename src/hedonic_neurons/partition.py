@@ -110,7 +110,7 @@ def _check_labels(labels: Any) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """A parameter value as written into a partition file (numpy scalars to Python, a random
     Generator by its name)."""
     if isinstance(value, np.integer | np.floating | np.bool_):
@@ -120,9 +120,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -294,7 +294,7 @@ class Partition:
             "method": self.method,
             "layer": self.layer,
             "n_neurons": self.n_neurons,
-            "params": _jsonable(self.params),
+            "params": jsonable(self.params),
             "sizes": self.size_summary(),
             **self.extra,
             "coalitions": self._coalitions,
@@ -338,14 +338,17 @@ class LayerInputs:
     """The inputs of one layer that partitioners may require, each computed only when first
     asked for and then kept.
 
-    ``phi(metric)``: a metric's φ; ``rows()``: the MLP input-projection rows; ``profiles()``:
-    activation profiles; ``sizes()``: target coalition sizes (when not given,
-    :func:`partition_layer` uses the reference hedonic partition's); ``n_neurons``: n, for
-    partitioners that require nothing. ``missing[kind]`` says what the caller must pass to
-    provide an input that is None (it is in the error a partitioner that needs it raises).
+    ``phi(metric)``: a metric's φ; ``phi_se(metric)``: ``(phi, se)``, a metric's φ and its
+    standard errors read together (what a hedonic solver with ``min_z`` set is given; see
+    :meth:`phi_and_se`); ``rows()``: the MLP input-projection rows; ``profiles()``: activation
+    profiles; ``sizes()``: target coalition sizes (when not given, :func:`partition_layer` uses
+    the reference hedonic partition's); ``n_neurons``: n, for partitioners that require nothing.
+    ``missing[kind]`` says what the caller must pass to provide an input that is None (it is in
+    the error a partitioner that needs it raises).
     """
 
     phi: Callable[[str | None], np.ndarray] | None = None
+    phi_se: Callable[[str | None], tuple[np.ndarray, np.ndarray]] | None = None
     rows: Callable[[], np.ndarray] | None = None
     profiles: Callable[[], np.ndarray] | None = None
     sizes: Callable[[], Sequence[int]] | None = None
@@ -368,6 +371,21 @@ class LayerInputs:
                 value = source(metric) if kind == "phi" else source()
             self._cache[key] = value
         return self._cache[key]
+
+    def phi_and_se(self, metric: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(phi, se)`` of ``metric``, read once by ``phi_se(metric)`` and kept; the φ is also
+        what :meth:`get` then returns for ``"phi"`` (so a layer's φ is read once, with its
+        standard errors only when a partitioner asks for them)."""
+        key = ("se", metric)
+        if key not in self._cache:
+            if self.phi_se is None:
+                raise ConfigError(
+                    f"min_z needs the standard errors of phi: pass {self.missing.get('phi_se', 'phi_se')}"
+                )
+            phi, se = self.phi_se(metric)
+            self._cache.setdefault(("phi", metric), phi)
+            self._cache[key] = se
+        return self._cache[("phi", metric)], self._cache[key]
 
     def n(self) -> int:
         """The number of neurons: ``n_neurons``, else that of an input already computed."""
@@ -393,6 +411,7 @@ def partition_layer(
     layer: int | None,
     *,
     phi: Callable[[str], np.ndarray] | None = None,
+    phi_se: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None,
     metrics: Sequence[str | None] = (),
     baselines: Sequence[str] = (),
     seeds: Sequence[int] = (0,),
@@ -415,7 +434,10 @@ def partition_layer(
     where that is a parameter). Every partitioner gets the input its ``requires`` names, from
     ``inputs`` (or ``phi(metric)``, ``rows()``, ``profiles()``): a baseline that requires φ gets
     the reference metric's φ, one that requires sizes gets ``inputs.sizes()`` or else the sizes
-    of the reference hedonic partition of the same seed. The reference metric is
+    of the reference hedonic partition of the same seed. A hedonic solver whose ``min_z`` is set
+    (``game.min_z``: the thresholded game, only φ_ij > min_z · se_ij is a partner) is fitted
+    with ``fit(phi, se)``, both from ``inputs.phi_and_se`` (or ``phi_se(metric)``); without
+    ``min_z`` only φ is read, and baselines never get the standard errors. The reference metric is
     ``reference``, else PAS when it is among ``metrics``, else the first metric. Every input is
     computed once per layer, :meth:`Partitioner.prepare` once per partitioner and parameters,
     and a ``deterministic`` partitioner is fitted once and reused for every seed.
@@ -444,7 +466,7 @@ def partition_layer(
         ref = "pas" if "pas" in metrics else (metrics[0] if metrics else None)
     if inputs is None:
         inputs = LayerInputs()
-    for kind, source in (("phi", phi), ("rows", rows), ("profiles", profiles)):
+    for kind, source in (("phi", phi), ("phi_se", phi_se), ("rows", rows), ("profiles", profiles)):
         if source is not None and getattr(inputs, kind) is None:
             setattr(inputs, kind, source)
     jobs: list[_Job] = []
@@ -492,7 +514,13 @@ def partition_layer(
                 continue
             est = make_partitioner(job.name, job.settings, seed)
             kind = est.requires
-            X = input_of(job, kind, seed)
+            thresholded = est.hedonic and est.get_params(deep=False).get("min_z") is not None
+            se = None
+            if thresholded:
+                with timed("read and validate phi"):
+                    X, se = inputs.phi_and_se(job.metric)
+            else:
+                X = input_of(job, kind, seed)
             fixed = sorted((k, repr(v)) for k, v in est.get_params(deep=False).items() if k != "random_state")
             key = (job.name, kind, job.metric, tuple(fixed), seed if kind == "sizes" else None)
             with timed("solver" if est.hedonic else job.method):
@@ -501,13 +529,13 @@ def partition_layer(
                 if est.deterministic and key in fitted:
                     done = fitted[key]
                 else:
-                    done = est.fit(prepared[key])
+                    done = est.fit(prepared[key], se) if thresholded else est.fit(prepared[key])
                     if est.deterministic:
                         fitted[key] = done
             if est.hedonic:
                 params = dict(job.params)
             else:
-                params = {**_jsonable(est.get_params(deep=False)), **_input_params(kind, job.metric, ref)}
+                params = {**jsonable(est.get_params(deep=False)), **_input_params(kind, job.metric, ref)}
             params["seed"] = seed
             part = Partition(
                 done.labels_, method=job.method, params=params, layer=layer, extra=done.diagnostics()

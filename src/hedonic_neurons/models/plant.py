@@ -88,7 +88,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hedonic_neurons.errors import ConfigError, DataError, ModelError
+from hedonic_neurons.errors import ConfigError, DataError, ModelError, arg
+from hedonic_neurons.models.reference import Reference
 
 PLANT_FORMAT = "hedonic-neurons/plant/v1"
 KINDS = ("and", "or")
@@ -185,40 +186,52 @@ class PlantSpec:
     seed: int = 0
 
     def check(self) -> PlantSpec:
-        """One-line :class:`ConfigError` for settings that are wrong whatever the model; self."""
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
-            raise ConfigError(f"layer must be an integer, got {self.layer!r}")
+        """One-line :class:`ConfigError` for settings that are wrong whatever the model; self.
+
+        Integers must be integers (not bools or floats): ``layer`` (negative counts from the
+        end), ``and_groups``/``or_groups`` >= 0, ``min_size``/``max_size`` with
+        2 <= min_size <= max_size, every explicit group size >= 2, ``calibration`` >= 16,
+        ``verify`` >= 0, ``max_length`` >= 8, ``batch_size`` >= 1, ``seed`` >= 0; ``independent``
+        a fraction in [0, 1]; ``effect`` and ``write`` finite and > 0; at least one group.
+        """
+        _integer("layer", self.layer)
         for name in ("and_groups", "or_groups"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+            _integer(name, getattr(self, name), 0, "a non-negative integer")
+        for name in ("min_size", "max_size"):
+            _integer(name, getattr(self, name))
         if not 2 <= self.min_size <= self.max_size:
             raise ConfigError(
                 f"group sizes {self.min_size}-{self.max_size}: expected 2 <= min_size <= max_size"
             )
         for name in ("and_sizes", "or_sizes"):
             sizes = getattr(self, name)
-            if sizes is not None and any(int(s) < 2 for s in sizes):
+            if sizes is None:
+                continue
+            if isinstance(sizes, str | bytes) or not all(
+                isinstance(v, int | np.integer) and not isinstance(v, bool) for v in sizes
+            ):
+                raise ConfigError(f"{arg(name)} {sizes!r}: expected a list of integer group sizes")
+            if any(int(v) < 2 for v in sizes):
                 raise ConfigError(f"{name} {list(sizes)}: every group needs at least 2 neurons")
+        _integer("seed", self.seed, 0, "an integer >= 0")
         ands, ors = self.group_sizes()
         if not ands and not ors:
             raise ConfigError("nothing to plant: give at least one AND or OR group")
-        if not 0.0 <= self.independent <= 1.0:
-            raise ConfigError(f"independent must be a fraction in [0, 1], got {self.independent}")
+        if not _real(self.independent) or not 0.0 <= self.independent <= 1.0:
+            raise ConfigError(f"independent must be a fraction in [0, 1], got {self.independent!r}")
         if self.features not in FEATURES:
             raise ConfigError(f"unknown features '{self.features}' (expected one of {', '.join(FEATURES)})")
         for name in ("effect", "write"):
             value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a positive number, got {value}")
-        if self.calibration < 16:
-            raise ConfigError(f"calibration needs at least 16 inputs, got {self.calibration}")
-        if self.verify < 0:
-            raise ConfigError(f"verify must be >= 0 inputs, got {self.verify}")
-        if self.max_length < 8 or self.batch_size < 1:
-            raise ConfigError(
-                f"max_length must be >= 8 and batch_size >= 1, got {self.max_length} and {self.batch_size}"
-            )
+            if not (_real(value) and value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        for name, low, what in (
+            ("calibration", 16, "at least 16 inputs"),
+            ("verify", 0, "an integer >= 0 (inputs)"),
+            ("max_length", 8, "an integer >= 8 (tokens)"),
+            ("batch_size", 1, "an integer >= 1"),
+        ):
+            _integer(name, getattr(self, name), low, what)
         return self
 
     def group_sizes(self) -> tuple[list[int], list[int]]:
@@ -233,6 +246,19 @@ class PlantSpec:
         ands = list(map(int, self.and_sizes)) if self.and_sizes is not None else spread(self.and_groups)
         ors = list(map(int, self.or_sizes)) if self.or_sizes is not None else spread(self.or_groups)
         return ands, ors
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: Any, low: int | None = None, what: str = "an integer") -> None:
+    """One :class:`ConfigError` unless ``value`` is an integer (not a bool) >= ``low``."""
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not ok or (low is not None and value < low):
+        if name == "calibration" and ok:
+            raise ConfigError(f"calibration needs at least 16 inputs, got {value}")
+        raise ConfigError(f"{arg(name)} {value!r}: expected {what}")
 
 
 # --------------------------------------------------------------------------------- capturing
@@ -730,12 +756,22 @@ def _write_images(
 
 @dataclass
 class PlantResult:
-    """What :func:`plant` wrote: the planted checkpoint, the ground truth, and its contents."""
+    """What :func:`plant` made: the planted model, its ground truth, and what was written.
 
-    model_dir: Path
-    ground_truth_path: Path
-    reference: str
+    ``model``: the planted :class:`~hedonic_neurons.models.NeuronModel`, whose reference is the
+    unplanted model (reference ablation reverts a planted neuron or reader to the neuron it
+    replaced, every other neuron equals its reference); ``ground_truth``: the ground truth (the
+    dict written as ``ground_truth.json``); ``reference``: what to load as the reference of the
+    written checkpoint (a model name or folder; None when nothing was written and the model
+    came as an object). ``model_dir`` / ``ground_truth_path``: the files written (None without
+    ``out``).
+    """
+
+    model_dir: Path | None
+    ground_truth_path: Path | None
+    reference: str | None
     ground_truth: dict[str, Any]
+    model: Any = None
 
     @property
     def groups(self) -> list[dict[str, Any]]:
@@ -766,7 +802,36 @@ def _check_against(nm: Any, spec: PlantSpec) -> int:
         raise ModelError(
             f"{len(sizes)} groups need {len(sizes)} readers, but layer {layer + 1} has {n} neurons"
         )
+    from hedonic_neurons.models.adapters import mlp_modules
+
+    for at in (layer, layer + 1):
+        mods = mlp_modules(nm.model, at)
+        if mods.gate is None and mods.up.bias is None:
+            raise ModelError(
+                f"layer {at}'s MLP has neither a gate nor a bias, so it cannot hold a thresholded unit"
+            )
     return layer
+
+
+class _Unplanted(Reference):
+    """The reference of a planted model: the MLP weights of the planting and reader layers as
+    they were before planting (fp32 copies), every other layer's current weights."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
+        from hedonic_neurons.models.adapters import mlp_weights
+
+        self.weights = {int(at): _copy_weights(mlp_weights(model, at), torch.float32) for at in layers}
+
+    def mlp_weights(self, nm: Any, layer: int) -> Any:
+        from hedonic_neurons.models.adapters import MLPWeights
+
+        w = self.weights.get(int(layer))
+        if w is None:
+            w = _copy_weights(nm.mlp_weights(layer), torch.float32)
+        dev = nm.device
+        moved = {name: None if getattr(w, name) is None else getattr(w, name).to(dev, copy=True)
+                 for name in ("up", "gate", "down", "up_bias", "gate_bias", "down_bias")}  # fmt: skip
+        return MLPWeights(act=w.act, **moved)
 
 
 def _make_groups(spec: PlantSpec, n: int, rng: np.random.Generator) -> list[Group]:
@@ -1033,11 +1098,11 @@ def plant_model(
     }
 
 
-def _copy_weights(w: Any) -> Any:
+def _copy_weights(w: Any, dtype: torch.dtype | None = None) -> Any:
     from hedonic_neurons.models.adapters import MLPWeights
 
     def c(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.detach().clone()
+        return None if t is None else t.detach().to(dtype=dtype or t.dtype, copy=True)
 
     return MLPWeights(
         up=c(w.up),
@@ -1159,8 +1224,8 @@ def _save_checkpoint(nm: Any, folder: Path) -> None:
 
 
 def plant(
-    model: str | os.PathLike,
-    out: str | os.PathLike,
+    model: Any,
+    out: str | os.PathLike | None = None,
     *,
     layer: int,
     and_groups: int = 8,
@@ -1183,27 +1248,41 @@ def plant(
     head: str = "classification",
     device: str | None = "cpu",
 ) -> PlantResult:
-    """Plant AND and OR coalitions into ``model`` at ``layer`` and write ``out/model`` (the planted
+    """Plant AND and OR coalitions into ``model`` at ``layer``; returns the planted model and its
+    ground truth (:class:`PlantResult`), and with ``out`` writes ``out/model`` (the planted
     checkpoint, model + tokenizer) and ``out/ground_truth.json``.
 
-    ``model``: ``minilm``, ``smollm2``, a local folder or a hub id (any supported architecture),
-    optionally with a LoRA ``adapter`` (merged; the unplanted merged model is then written to
-    ``out/original`` and is the reference). ``layer``: where the members go (0..layers − 2; the
-    readers go to ``layer + 1``). ``and_groups`` / ``or_groups``: how many groups of each kind,
-    sizes spread evenly over ``min_size..max_size`` (shuffled), or given as ``and_sizes`` /
-    ``or_sizes``. ``independent``: the fraction of AND groups whose members read independent
-    features (not co-active); the other AND groups and all OR groups are co-active.
-    ``features``: ``random`` or ``probe`` (co-active groups read ridge probes of text properties).
-    ``effect``: a reader's logit effect per unit, in standard deviations of the calibration
-    logits. ``write``: a member's output norm per unit, as a fraction of the median residual norm.
-    ``data``: calibration inputs (``demo``, a dataset name or a TSV), ``calibration`` of them for
-    the construction and ``verify`` other ones for the measured Δ in the ground truth (0: skip).
-    Bad input (a group larger than the layer, a layer out of range, an unsupported architecture)
-    raises a one-line :class:`~hedonic_neurons.errors.HedonicError`.
+    ``model``: ``minilm``, ``smollm2``, a local folder or a hub id (any supported architecture;
+    loaded on ``device`` with ``head``), optionally with a LoRA ``adapter`` (merged), or a
+    :class:`~hedonic_neurons.models.NeuronModel` (``adapter``, ``head`` and ``device`` are then
+    its own: it is left untouched, a copy of its model is planted). The returned
+    ``result.model`` has the unplanted model as its reference, ready for reference ablation.
+    Written with ``out``, the reference is the model name or folder given, or ``out/original``
+    (the unplanted model, written there for an adapter or a NeuronModel).
+
+    ``layer``: where the members go (0..layers − 2, negative counts from the end; the readers go
+    to ``layer + 1``). ``and_groups`` / ``or_groups``: how many groups of each kind, sizes spread
+    evenly over ``min_size..max_size`` (shuffled), or given as ``and_sizes`` / ``or_sizes``.
+    ``independent``: the fraction of AND groups whose members read independent features (not
+    co-active); the other AND groups and all OR groups are co-active. ``features``: ``random`` or
+    ``probe`` (co-active groups read ridge probes of text properties). ``effect``: a reader's
+    logit effect per unit, in standard deviations of the calibration logits. ``write``: a
+    member's output norm per unit, as a fraction of the median residual norm. ``data``:
+    calibration inputs (``demo``, a dataset name or a TSV), ``calibration`` of them for the
+    construction and ``verify`` other ones for the measured Δ in the ground truth (0: skip).
+    ``seed``: which neurons are planted, the order of the sizes and the calibration inputs.
+
+    Every input is checked before any weight is changed or any file written, each with one
+    :class:`~hedonic_neurons.errors.HedonicError`: the settings (:meth:`PlantSpec.check`), the
+    output folder, the data (enough pairs), then against the model: the layer range, every
+    group no larger than the layer, all groups together (the sum of the sizes, m·g for m groups
+    of g) no more than its n neurons, one reader per group, an MLP that can hold a thresholded
+    unit, and an architecture the library supports.
     """
     from hedonic_neurons.artifacts import provenance, write_json
     from hedonic_neurons.data import load_pairs
     from hedonic_neurons.models.loading import load_model
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
     spec = PlantSpec(
         layer=layer,
@@ -1211,8 +1290,8 @@ def plant(
         or_groups=or_groups,
         min_size=min_size,
         max_size=max_size,
-        and_sizes=None if and_sizes is None else tuple(int(s) for s in and_sizes),
-        or_sizes=None if or_sizes is None else tuple(int(s) for s in or_sizes),
+        and_sizes=None if and_sizes is None else tuple(and_sizes),
+        or_sizes=None if or_sizes is None else tuple(or_sizes),
         independent=independent,
         features=features,
         effect=effect,
@@ -1223,7 +1302,15 @@ def plant(
         batch_size=batch_size,
         seed=seed,
     ).check()
-    out = Path(out)
+    given = isinstance(model, NeuronModel)
+    if given and adapter is not None:
+        raise ConfigError(
+            f"{arg('adapter')} is for a model name or folder; a NeuronModel carries its own adapter"
+        )
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{arg('out')} {out}: is a file; expected a folder to write into")
     pairs = list(load_pairs(data))
     if len(pairs) < spec.calibration + spec.verify:
         raise ConfigError(
@@ -1231,11 +1318,26 @@ def plant(
             f"verification ({spec.verify}) need {spec.calibration + spec.verify}"
         )
     random.Random(spec.seed).shuffle(pairs)
-    nm = load_model(model, adapter=adapter, head=head, device=device)
-    reference = nm.identity["model"]
-    if adapter is not None:
-        _save_checkpoint(nm, out / "original")
+    source = model if given else load_model(model, adapter=adapter, head=head, device=device)
+    at = _check_against(source, spec)  # before any weight is changed or file written
+    reference: str | None = None if given else source.identity["model"]
+    if out is not None and (given or adapter is not None):
+        _save_checkpoint(source, out / "original")  # the unplanted model (not yet planted)
         reference = str((out / "original").resolve())
+    import copy
+
+    # the planted model: a copy of a NeuronModel's module (the caller's stays as it was), the
+    # loaded module itself otherwise; its reference is the weights as they are before planting
+    nm = NeuronModel(
+        copy.deepcopy(source.model) if given else source.model,
+        source.tokenizer,
+        input_format=source.input_format,
+        identity={**source.identity, "reference": reference or "the unplanted model (in memory)"},
+        head=source.head,
+        score_token_id=source.score_token_id,
+        lora=source.lora,
+        reference=_Unplanted(source.model, (at, at + 1)),
+    )
     with torch.no_grad():
         truth = plant_model(
             nm,
@@ -1243,23 +1345,31 @@ def plant(
             pairs[: spec.calibration],
             pairs[spec.calibration : spec.calibration + spec.verify],
         )
-    model_dir = out / "model"
-    _save_checkpoint(nm, model_dir)
+    model_dir = path = None
+    if out is not None:
+        model_dir = out / "model"
+        _save_checkpoint(nm, model_dir)
+    shown = source.identity
     truth = {
         "format": PLANT_FORMAT,
-        "provenance": provenance(command="plant", model=nm.identity, seed=spec.seed),
-        "model": str(model_dir.resolve()),
-        "source": {"model": nm.identity["model"], "adapter": nm.identity["adapter"], "head": head},
+        "provenance": provenance(command="plant", model=shown, seed=spec.seed),
+        "model": None if model_dir is None else str(model_dir.resolve()),
+        "source": {"model": shown["model"], "adapter": shown["adapter"], "head": nm.head},
         "reference": reference,
         "data": str(data),
         **truth,
         "collect": (
-            f"hedonic collect {model_dir} --reference {reference} --layers {truth['layer']} "
+            None
+            if model_dir is None
+            else f"hedonic collect {model_dir} --reference {reference} --layers {truth['layer']} "
             "--metric pas --readout full"
         ),
     }
-    path = write_json(out / "ground_truth.json", truth)
-    return PlantResult(model_dir=model_dir, ground_truth_path=path, reference=reference, ground_truth=truth)
+    if out is not None:
+        path = write_json(out / "ground_truth.json", truth)
+    return PlantResult(
+        model_dir=model_dir, ground_truth_path=path, reference=reference, ground_truth=truth, model=nm
+    )
 
 
 def load_ground_truth(path: str | os.PathLike) -> dict[str, Any]:
