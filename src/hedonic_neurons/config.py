@@ -65,9 +65,9 @@ class FinetuneConfig(_Strict):
     """
 
     task: Task | None = None
-    layers: list[int] | None = None  # None: the default middle band (A12)
+    layers: list[int] | None = None  # None: the middle band (the paper's 7-14 of 32, scaled to the depth)
     rank: int = 8
-    alpha: float = 64.0  # Tevatron's LoRA default (Part B §8)
+    alpha: float = 64.0  # Tevatron's LoRA default
     dropout: float = 0.1
     learning_rate: float = Field(1e-4, validation_alias=AliasChoices("learning_rate", "lr"))
     weight_decay: float = 0.0
@@ -180,10 +180,20 @@ class GameConfig(_Strict):
     epsilon: float = Field(0.05, gt=0, lt=1)
     delta: float = Field(0.05, gt=0, lt=1)
     n_samples: int | None = Field(None, ge=1)
-    # PAC samples: "uniform" (D of A8) or "phi" (grown along positive phi, partners drawn in
-    # proportion to phi^phi_power; power 4 recovers planted triples where 1 cannot: bench_game.py)
+    # PAC samples: "uniform" (a size uniform on min..max, then a uniform subset of that size) or
+    # "phi" (grown along positive phi, partners drawn in proportion to phi^phi_power; power 4
+    # recovers planted triples where 1 cannot: bench_game.py)
     sampling: Literal["uniform", "phi"] = "uniform"
     phi_power: float = Field(4.0, gt=0)
+    # min_z: the noise-robust (thresholded) game. None (the default): off, every positive phi_ij
+    # can be a partner. A number z >= 0: phi_ij counts as a partner only when phi_ij > z * se_ij,
+    # se the standard error written beside phi by the collectors (every other entry is set to
+    # 0), so a neuron with fewer than k real partners does not fill its choice set with noise
+    # and chain planted groups together. Use it when phi is estimated from few inputs or is
+    # heavy-tailed; 6 (game.significance.DEFAULT_MIN_Z) keeps the noise-free recovery of a
+    # planted game with Student-t noise. Needs phi files with standard errors (collected by
+    # this version); baselines are unaffected.
+    min_z: float | None = Field(None, ge=0, allow_inf_nan=False)
 
     @field_validator("solver")
     @classmethod
@@ -234,7 +244,7 @@ def _unique(v: list) -> list:
 
 class EvaluateConfig(_Strict):
     top_k: int = Field(10, ge=1)  # coalitions evaluated per method, seed and layer
-    seeds: list[int] = Field([0, 1, 2], min_length=3)  # A13: every figure over >= 3 seeds
+    seeds: list[int] = Field([0, 1, 2], min_length=3)  # every reported number over >= 3 seeds
     min_size: int = Field(2, ge=1)  # the legacy OOD-drop table's smallest coalition
     certify_samples: int = Field(20_000, ge=100)  # coalitions drawn per stability certificate
     # the evaluations run (names registered in hedonic_neurons.evaluate.base.EVALUATIONS)

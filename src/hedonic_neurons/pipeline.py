@@ -39,18 +39,18 @@ from typing import Any
 import numpy as np
 
 from hedonic_neurons.artifacts import (
-    load_partition,
     load_phi,
     provenance,
     read_json,
-    save_partition,
     write_json,
 )
 from hedonic_neurons.config import PairSource, RunConfig
 from hedonic_neurons.errors import ConfigError, HedonicError
+
+# the partitions stage is the one dispatch (also behind `hedonic solve` and `hedonic baseline`)
+from hedonic_neurons.partition import HEDONIC, hedonic_method, partition_layer  # noqa: F401
 from hedonic_neurons.validation import RUN_STAGES
 
-HEDONIC = {"oca": "hedonic-oca", "pas": "hedonic-pas"}
 #: columns of the extrinsic table ("k": coalitions evaluated per layer, after size matching)
 EXTRINSIC = ("ood_drop", "alignment_r2", "synergy", "blocking_upper", "blocking_upper_phi", "k")
 
@@ -220,11 +220,7 @@ class Pipeline:
         if not stage.done():
             _log(f"fine-tuning {cfg.model} for {cfg.task} on the demo corpus")
             ft = cfg.finetune
-            hyper: dict[str, Any] = dict(
-                epochs=ft.epochs, lr=ft.learning_rate, batch_size=ft.batch_size, seed=cfg.seed
-            )
-            if cfg.task == "rm":
-                hyper["group_size"] = ft.group_size
+            hyper: dict[str, Any] = {**ft.hyperparameters(), "seed": cfg.seed}
             metrics = run_finetune(
                 cfg.model,
                 task=cfg.task,
@@ -242,17 +238,23 @@ class Pipeline:
         return str(folder / "adapter")
 
     def stage_phi(self) -> None:
+        """φ (and its standard errors) of every metric of ``phi.metrics`` (registered in
+        :data:`~hedonic_neurons.synergy.base.METRICS`). ``phi.max_inputs`` is the budget of the
+        expensive metrics (PAS: the first N training pairs); a streaming metric (OCA) uses every
+        training pair."""
+        from hedonic_neurons.synergy.base import METRICS
         from hedonic_neurons.synergy.collect import CollectSettings, collect
 
         cfg = self.cfg
         for metric in cfg.phi.metrics:
             _log(f"phi ({metric}) for layers {cfg.layers}")
+            streaming = METRICS.get(metric).streaming
             settings = CollectSettings(
                 metric=metric,
                 mode=cfg.phi.pas_mode,
                 readout=cfg.phi.readout,
                 batch_size=cfg.phi.batch_size,
-                max_inputs=cfg.phi.max_inputs,
+                max_inputs=None if streaming else cfg.phi.max_inputs,
                 seed=cfg.seed,
                 ablation="reference" if self.nm.has_reference else "zero",
             )
@@ -263,10 +265,11 @@ class Pipeline:
         if not self.nm.has_reference:
             self.notes.append("The model has no reference weights: PAS used zero-ablation.")
 
-    def phi(self, metric: str, layer: int) -> np.ndarray:
+    def phi(self, metric: str, layer: int, *, with_se: bool = False) -> Any:
+        """φ of ``metric`` at ``layer``; ``with_se=True``: ``(phi, se)``, its standard errors."""
         from hedonic_neurons.synergy.collect import phi_path
 
-        return load_phi(phi_path(self.phi_dir(metric), layer))
+        return load_phi(phi_path(self.phi_dir(metric), layer), with_se=with_se)
 
     def phi_dir(self, metric: str) -> Path:
         """φ of one metric, in a folder named by the settings that determine it (a changed
@@ -306,34 +309,42 @@ class Pipeline:
         Stages later in the pipeline name every section of the stages before them, so a change
         upstream invalidates everything downstream.
         """
-        import hashlib
-        import json
+        from hedonic_neurons.cachekey import cache_key
 
         base = ("task", "seed", "max_length", "data", "layers")
-        blob = json.dumps(
-            [self.nm.identity, self.nm.input_format.to_dict(), self.cfg.section_key(*base, *sections)],
-            sort_keys=True,
-            default=str,
+        return cache_key(
+            [self.nm.identity, self.nm.input_format.to_dict(), self.cfg.section_key(*base, *sections)]
         )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def methods(self) -> list[str]:
-        return [HEDONIC[m] for m in self.cfg.phi.metrics] + list(self.cfg.baselines)
+        """The partitions the run compares: ``hedonic-<metric>`` per φ metric, then the baselines."""
+        return [hedonic_method(m) for m in self.cfg.phi.metrics] + list(self.cfg.baselines)
 
     @property
     def reference_method(self) -> str:
         """The hedonic partition that baselines are size-matched to (PAS when computed)."""
-        return HEDONIC["pas"] if "pas" in self.cfg.phi.metrics else HEDONIC[self.cfg.phi.metrics[0]]
+        metrics = self.cfg.phi.metrics
+        return hedonic_method("pas" if "pas" in metrics else metrics[0])
 
     def partition_path(self, method: str, seed: int, layer: int) -> Path:
         return self.out / "partitions" / method / f"seed{seed}" / f"layer{layer}.json"
 
     def coalitions(self, method: str, seed: int, layer: int) -> list[list[int]]:
-        return load_partition(self.partition_path(method, seed, layer))["coalitions"]
+        """The coalitions of a written partition."""
+        return self.partition(method, seed, layer).coalitions
+
+    def partition(self, method: str, seed: int, layer: int) -> Any:
+        """A written partition (:class:`~hedonic_neurons.partition.Partition`)."""
+        from hedonic_neurons.partition import Partition
+
+        return Partition.load(self.partition_path(method, seed, layer))
 
     def stage_partitions(self) -> None:
+        """Every method's partition of every layer and seed, through the one dispatch
+        (:func:`~hedonic_neurons.partition.partition_layer`)."""
         from hedonic_neurons.baselines.inputs import input_rows
+        from hedonic_neurons.partition import LayerInputs
 
         cfg = self.cfg
         g = cfg.game
@@ -349,6 +360,7 @@ class Pipeline:
             partition_layer(
                 layer,
                 phi=lambda metric, layer=layer: self.phi(metric, layer),
+                phi_se=lambda metric, layer=layer: self.phi(metric, layer, with_se=True),  # game.min_z
                 metrics=cfg.phi.metrics,
                 baselines=cfg.baselines,
                 seeds=cfg.evaluate.seeds,
@@ -357,58 +369,48 @@ class Pipeline:
                 rows=lambda layer=layer: input_rows(self.nm.mlp_weights(layer)),
                 profiles=lambda layer=layer: self.acts("train", layer).T,
                 n_clusters=n_clusters,
+                inputs=LayerInputs(n_neurons=self.nm.n_neurons),
             )
         stage.finish()
 
     def stage_tracking(self) -> None:
-        import torch
-
-        from hedonic_neurons.tracking.run import TrackSettings, flow_spec, layer_pairs, track_and_write
+        """Track every method's partitions (seed ``evaluate.seeds[0]``) through the model: the
+        library calls of ``hedonic track`` (:func:`~hedonic_neurons.tracking.run.track_inputs` on
+        the train pairs, then :func:`~hedonic_neurons.tracking.run.track_model`), with the
+        settings of the ``tracking`` section, so both write the same files on the same inputs."""
+        from hedonic_neurons.tracking.run import TrackSettings, layer_pairs, track_inputs, track_model
         from hedonic_neurons.tracking.transitions import transition_table
 
         cfg = self.cfg
-        tc = cfg.tracking
-        # the same settings object `hedonic track` builds from its options: same rule, same files
-        settings = TrackSettings(
-            rule=tc.rule,
-            tau=tc.tau,
-            min_size=tc.min_size,
-            null_draws=tc.null_draws,
-            null_level=tc.null_level,
-            horizon=tc.horizon,
-            flow_pairs=tc.flow_pairs,
-            seed=cfg.seed,
-        )
+        settings = TrackSettings.from_config(cfg.tracking, cfg.seed)
         self.transitions: dict[str, list[dict]] = {}
-        if not layer_pairs(cfg.layers, tc.horizon):
+        if not layer_pairs(cfg.layers, settings.horizon):
             self.notes.append(
-                f"No two analysed layers are within {tc.horizon} of each other, so nothing was tracked."
+                f"No two analysed layers are within {settings.horizon} of each other, so nothing was tracked."
             )
             return
         seed = cfg.evaluate.seeds[0]
-        mean_abs = {
-            # A_p = E|a_p| over the train pairs, mean-pooled activations (A1: tracking uses `mean`)
-            layer: torch.from_numpy(np.abs(self.acts("train", layer)).mean(0))
-            for layer in cfg.layers
-        }
-        flow = None
+        inputs = None  # E|a_p| and the flow's inputs: computed once, for the first method to track
         for method in self.methods:
             folder = self.out / "tracking" / method
             stage = Stage(folder, self._model_key("phi", "game", "baselines", "evaluate", "tracking"))
             if not stage.done():
                 _log(f"tracking {method}")
-                if flow is None:
-                    flow = flow_spec(self.nm, self.train, settings, cfg.phi.batch_size)
+                if inputs is None:
+                    inputs = track_inputs(
+                        self.nm, self.train, cfg.layers, settings,
+                        batch_size=cfg.phi.batch_size, data=self.train_desc,
+                    )  # fmt: skip
                 parts = {layer: self.coalitions(method, seed, layer) for layer in cfg.layers}
-                results, _ = track_and_write(
-                    self.nm.model,
+                paths = {str(layer): str(self.partition_path(method, seed, layer)) for layer in cfg.layers}
+                results, _ = track_model(
+                    self.nm,
                     parts,
-                    mean_abs,
+                    inputs,
                     settings,
                     folder,
                     method=method,
-                    meta={"seed": seed},
-                    flow=flow,
+                    meta={"partitions": paths, "seed": seed},
                     bundle_dir=self.out / "tracking",
                 )
                 rows = [
@@ -446,8 +448,18 @@ class Pipeline:
         h_test = heuristic_features(self.test, corpus="query").matrix()
         phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         rows: list[dict[str, Any]] = []
+        ev_cfg, modes = ev, list(ev.ablation_modes)
+        if not self.nm.has_reference and "reference" in modes:
+            # no reference weights (no adapter, no reference checkpoint): zero ablation instead
+            modes = list(dict.fromkeys("zero" if m == "reference" else m for m in modes))
+            ev_cfg = ev.model_copy(update={"ablation_modes": modes})
+        new_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ev.evaluations}
+        design: list[dict[str, Any]] = []
         bar = tqdm(  # ablation passes over the test pairs dominate: count pairs, layer by layer
-            total=len(cfg.layers) * len(self.test), desc="evaluate", unit="pair", disable=not self.progress
+            total=len(cfg.layers) * len(self.test) * (1 + len(modes)),
+            desc="evaluate",
+            unit="pair",
+            disable=not self.progress,
         )
         for layer in cfg.layers:
             bar.set_postfix(layer=layer)
@@ -513,8 +525,51 @@ class Pipeline:
                     row["ridge_r2"], row["ridge_alpha"] = macro_feature_r2(c_train, y_train, c_test, y_test)
                     row["synergy"] = float(np.mean([_mean_pair(phi, c) for c in chosen]))
                 rows.append(row)
+            # the evaluations that can tell a coalition from chance (hedonic_neurons.evaluate.layer)
+            from hedonic_neurons.evaluate.layer import evaluate_layer
+
+            results, ctx = evaluate_layer(
+                self.nm,
+                layer,
+                {seed: {m: self.coalitions(m, seed, layer) for m in self.methods} for seed in ev.seeds},
+                reference_method=self.reference_method,
+                config=ev_cfg,
+                task=cfg.task,
+                test=self.test,
+                y_test=y_test,
+                qrels=self.test_qrels,
+                train=self.train,
+                phi=phi,
+                reference=self.nm.reference_mlp_weights(layer) if self.nm.has_reference else None,
+                means=a_train.mean(0) if "mean" in modes else None,
+                seed=cfg.seed,
+                batch_size=cfg.phi.batch_size,
+                progress=bar,
+            )
+            for name, got in results.items():
+                new_rows[name].extend(got)
+            out0 = next(iter(ctx.outputs.values()))
+            design.append(
+                {
+                    "layer": layer,
+                    "targets": {str(k): v for k, v in ctx.targets.items()},
+                    "null_sets": len(out0.null_sets),
+                    "null_bins": sorted(set(out0.null_bins.tolist())),
+                    "null_pairs": int(out0.sub.size),
+                    "null_queries": int(ctx.n_sub_queries),
+                    "test_queries": int(ctx.n_queries),
+                    "single_neurons": len(out0.singles),
+                    **{f"{k}": v for k, v in ctx.timing.items()},
+                }
+            )
         bar.close()
-        self.evaluation = {"rows": rows, "phi_for_synergy_and_certificate": phi_metric}
+        self.evaluation = {
+            "rows": rows,
+            "phi_for_synergy_and_certificate": phi_metric,
+            "evaluations": new_rows,
+            "design": design,
+            "ablation_modes": modes,
+        }
         write_json(path, self.evaluation)
         stage.finish()
 
@@ -572,6 +627,17 @@ class Pipeline:
             "(uniform coalitions of 2-10 neurons, Clopper-Pearson at 95%) uses each hedonic partition's own φ and "
             f"the {self.evaluation['phi_for_synergy_and_certificate'].upper()} φ for baselines."
         )
+        from hedonic_neurons.evaluate.base import EVALUATIONS
+        from hedonic_neurons.evaluate.layer import design_sentences
+
+        tables: dict[str, list[dict[str, Any]]] = {}
+        summary: list[str] = []
+        for name, got in self.evaluation.get("evaluations", {}).items():
+            evaluation = EVALUATIONS.get(name)()
+            tables.update(evaluation.tables(got))
+            summary.extend(evaluation.summary(got))
+        design = self.evaluation.get("design", [])
+        summary.extend(design_sentences(design, cfg.evaluate, self.reference_method))
         results = {
             "title": f"hedonic-neurons: {cfg.name}",
             "banner": banner,
@@ -581,6 +647,8 @@ class Pipeline:
             "seeds": cfg.evaluate.seeds,
             "table_extrinsic": extrinsic,
             "table_ridge": ridge,
+            "evaluation_tables": tables,
+            "summary": summary,
             "sizes": sizes,
             "transitions": getattr(self, "transitions", {}),
             "sankey": _first_sankey(self.out, self.methods),
@@ -686,112 +754,3 @@ def register(app: Any) -> None:
 
         report = run(load_config(None, DEMO_CONFIG), out, progress=not quiet)
         typer.echo(f"demo finished; open the report: {report}")
-
-
-def partition_layer(
-    layer: int,
-    *,
-    phi: Callable[[str], np.ndarray],
-    metrics: Sequence[str],
-    baselines: Sequence[str],
-    seeds: Sequence[int],
-    game: Any,
-    path: Callable[[str, int], Path],
-    rows: Callable[[], np.ndarray],
-    profiles: Callable[[], np.ndarray],
-    n_clusters: int,
-    timings: dict[str, float] | None = None,
-) -> None:
-    """The partitions stage for one layer: every hedonic partition and baseline, every seed.
-
-    ``phi(metric)`` reads one metric's φ (called once per metric: the array it returns is
-    validated there and trusted from then on); ``path(method, seed)`` is where a partition is
-    written (an existing file is kept, so a killed stage resumes); ``rows()`` gives the input
-    projection rows (k-means) and ``profiles()`` the neurons × train-pairs activation profiles
-    (hierarchical), each computed only if that baseline runs. ``game`` is the config's
-    ``game`` section. Exact Top Covering has no randomness, so it is solved once and written
-    for every seed; hierarchical clustering likewise; the φ-communities graph (each neuron's
-    strongest positive partners, :func:`~hedonic_neurons.baselines.positive_partner_graph`) is
-    built once and clustered once per seed.
-    Baselines are size-matched to (random) or compared with the PAS partition when PAS is among
-    ``metrics``, else with the first metric's. ``timings`` (optional) collects seconds per step.
-    """
-    import contextlib
-    import time
-
-    from hedonic_neurons.baselines import Hierarchical, PhiCommunities, RandomPartition, SphericalKMeans
-    from hedonic_neurons.game import PACTopCover, TopCover
-
-    clock = timings if timings is not None else {}
-    phis: dict[str, np.ndarray] = {}
-    fitted: dict[str, Any] = {}
-
-    @contextlib.contextmanager
-    def timed(step: str):
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            clock[step] = clock.get(step, 0.0) + time.perf_counter() - t0
-
-    def phi_of(metric: str) -> np.ndarray:
-        if metric not in phis:
-            with timed("read and validate phi"):
-                phis[metric] = phi(metric)
-        return phis[metric]
-
-    def save(method: str, seed: int, est: Any, params: dict[str, Any], extra: dict | None = None) -> None:
-        with timed("write"):
-            save_partition(
-                path(method, seed), est.coalitions_, method=method, layer=layer, params=params, extra=extra
-            )
-
-    reference = "pas" if "pas" in metrics else metrics[0]
-    for seed in seeds:
-        for metric in metrics:
-            if path(HEDONIC[metric], seed).is_file():
-                continue
-            matrix = phi_of(metric)
-            if game.solver == "pac":
-                with timed("solver"):
-                    est = PACTopCover(
-                        k=game.k,
-                        epsilon=game.epsilon,
-                        delta=game.delta,
-                        n_samples=game.n_samples,
-                        random_state=seed,
-                        sampling=game.sampling,
-                        phi_power=game.phi_power,
-                    ).fit(matrix)
-                extra = {"n_rounds": est.n_rounds_, "n_samples_drawn": est.n_samples_}
-            else:
-                if metric not in fitted:
-                    with timed("solver"):
-                        fitted[metric] = TopCover(k=game.k).fit(matrix)
-                est = fitted[metric]
-                extra = {"n_rounds": est.n_rounds_}
-            save(HEDONIC[metric], seed, est, {**game.model_dump(), "seed": seed, "phi": metric}, extra)
-        like = load_partition(path(HEDONIC[reference], seed))["coalitions"]
-        for method in baselines:
-            if path(method, seed).is_file():
-                continue
-            with timed(method):
-                if method == "random":
-                    est = RandomPartition(like, random_state=seed).fit()
-                    params: dict[str, Any] = {"like": HEDONIC[reference]}
-                elif method == "kmeans":
-                    if "kmeans rows" not in fitted:
-                        fitted["kmeans rows"] = rows()
-                    est = SphericalKMeans(n_clusters, random_state=seed).fit(fitted["kmeans rows"])
-                    params = {"n_clusters": n_clusters}
-                elif method == "hierarchical":
-                    if method not in fitted:
-                        fitted[method] = Hierarchical(n_clusters).fit(profiles())
-                    est = fitted[method]
-                    params = {"n_clusters": n_clusters, "features": "mean activation per train pair"}
-                else:
-                    if "phi graph" not in fitted:  # the sparse partner graph, once per layer
-                        fitted["phi graph"] = PhiCommunities().graph(phi_of(reference))
-                    est = PhiCommunities(random_state=seed).fit(fitted["phi graph"])
-                    params = {"phi": reference}
-            save(method, seed, est, {**params, "seed": seed})

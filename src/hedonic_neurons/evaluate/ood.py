@@ -1,4 +1,4 @@
-"""OOD drop: how much the task metric falls when a coalition is ablated jointly (A13).
+"""OOD drop (the legacy table): how much the task metric falls when a coalition is ablated jointly.
 
 The ablation reverts every neuron of the coalition to its reference (pre-fine-tuning) weights in
 one forward pass per batch; all coalitions of a layer go through the same batched pass
