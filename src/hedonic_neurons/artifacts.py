@@ -525,3 +525,31 @@ def load_partition(path: str | os.PathLike) -> dict[str, Any]:
     """Read a partition JSON; checks it against :class:`PartitionFile` and that it covers every
     neuron once (:func:`check_partition`). Returns the document."""
     return check_partition(read_json(path), path)
+
+
+def partition_documents(
+    folder: str | os.PathLike,
+) -> tuple[dict[int, tuple[Path, dict[str, Any]]], list[str]]:
+    """The partition files of ``folder`` by layer, ``{layer: (path, document)}`` in layer order,
+    and the names of the ``*.json`` files skipped because they lack the partition format tag.
+
+    Every tagged file is checked (:func:`check_partition`; errors name the file); each must name
+    its layer, and no layer may appear twice. An empty result is the caller's to report.
+    """
+    found: dict[int, tuple[Path, dict[str, Any]]] = {}
+    skipped: list[str] = []
+    for path in sorted(Path(folder).glob("*.json")):
+        doc = read_json(path)
+        if not is_partition_document(doc):
+            skipped.append(path.name)
+            continue
+        doc = check_partition(doc, path)
+        layer = doc.get("layer")
+        if layer is None:
+            raise DataError(f"{path}: field 'layer' is missing or null (needed to order the layers)")
+        if layer in found:
+            raise DataError(
+                f"{path} and {found[layer][0]} are both partitions of layer {layer}; keep one per layer"
+            )
+        found[layer] = (path, doc)
+    return dict(sorted(found.items())), skipped

@@ -261,6 +261,10 @@ class EvaluateConfig(_Strict):
     bootstrap: int = Field(1000, ge=100)  # resamples of the query bootstrap
     attribution: bool = True  # the |gradient x revert shift| baseline
     attribution_pairs: int = Field(64, ge=1)  # train pairs it is chosen on
+    # the report's coalition explorer: per method, the coalitions the selection rule ranks first
+    # (at the first analysed layer), shown on this many test inputs with their top-activating ones
+    explorer_coalitions: int = Field(5, ge=0)  # 0: no explorer
+    explorer_inputs: int = Field(64, ge=1)
 
     _seeds = field_validator("seeds")(classmethod(lambda cls, v: _unique(v)))
     _modes = field_validator("ablation_modes")(classmethod(lambda cls, v: _unique(v)))

@@ -34,12 +34,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hedonic_neurons.errors import ConfigError, DataError, ModelError, arg
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 __all__ = [
     "RANKINGS",
@@ -244,7 +247,7 @@ def mean_pairwise_phi(phi: np.ndarray, members: Sequence[int]) -> float | None:
 # ------------------------------------------------------------------------------ the measurements
 
 
-def _batches(nm: Any, plain: list[str] | None, queries, passages, batch_size: int):
+def _batches(nm: NeuronModel, plain: list[str] | None, queries, passages, batch_size: int):
     count = len(plain) if plain is not None else len(queries)
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
@@ -269,7 +272,7 @@ class _Recorded:
     readout: list[int]  # per input: index of the readout token among its tokens
 
 
-def _record(nm: Any, layer: int, batches: list[tuple[int, dict]]) -> _Recorded:
+def _record(nm: NeuronModel, layer: int, batches: list[tuple[int, dict]]) -> _Recorded:
     from hedonic_neurons.neurons.recording import readout_positions, record
 
     readout: list[int] = []
@@ -298,7 +301,7 @@ def _coalition_values(recorded: _Recorded, coalitions: list[list[int]]) -> dict[
 
 
 def _top_inputs(
-    nm: Any,
+    nm: NeuronModel,
     recorded: _Recorded,
     members: list[int],
     values: dict[str, np.ndarray],
@@ -334,7 +337,9 @@ def _top_inputs(
     return rows
 
 
-def _weight_change(nm: Any, layer: int, coalitions: list[list[int]], notes: list[str]) -> list[dict | None]:
+def _weight_change(
+    nm: NeuronModel, layer: int, coalitions: list[list[int]], notes: list[str]
+) -> list[dict | None]:
     """Per coalition: its share of the layer's ‖W - W_ref‖² (see the module docstring)."""
     if not nm.has_reference:
         notes.append(
@@ -371,7 +376,7 @@ def _weight_change(nm: Any, layer: int, coalitions: list[list[int]], notes: list
 
 
 def _ablation(
-    nm: Any,
+    nm: NeuronModel,
     layer: int,
     coalitions: list[list[int]],
     batches: list[tuple[int, dict]],
@@ -441,7 +446,7 @@ def _correlations(x: np.ndarray, features: dict[str, np.ndarray]) -> dict[str, d
 
 
 def coalition_summaries(
-    model: Any,
+    model: NeuronModel,
     partition: Any,
     texts: Sequence[Any],
     layer: int,
@@ -523,7 +528,7 @@ def coalition_summaries(
 
 
 def inspect_coalition(
-    model: Any,
+    model: NeuronModel,
     partition: Any,
     coalition: Any,
     texts: Sequence[Any],
@@ -568,7 +573,7 @@ def inspect_coalition(
 
 
 def explorer_section(
-    model: Any,
+    model: NeuronModel,
     partitions: Mapping[str, Any],
     texts: Sequence[Any],
     layer: int,
@@ -628,7 +633,7 @@ def summary_sentence(doc: dict[str, Any]) -> str:
         best = top[0]
         scores = best["activations"]
         peak = int(np.argmax(scores)) if scores else 0
-        token = _display(best["tokens"])[peak].strip() if best["tokens"] else "?"
+        token = display_tokens(best["tokens"])[peak].strip() if best["tokens"] else "?"
         parts.append(f"it is most active on input {best['input']} (peak at token “{token}”)")
     ab = doc.get("ablation")
     if ab and ab.get("n", 0) > 1 and ab.get("low") is not None:
@@ -655,7 +660,7 @@ def summary_sentence(doc: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
-def _display(tokens: Sequence[str]) -> list[str]:
+def display_tokens(tokens: Sequence[str]) -> list[str]:
     """Token strings for reading: WordPiece '##x' joins the previous token, byte-level BPE markers
     (Ġ, ▁) become spaces, other WordPiece tokens get a leading space."""
     bpe = any(t.startswith(("Ġ", "▁")) for t in tokens)
@@ -754,7 +759,9 @@ def summary_html(doc: dict[str, Any], *, css: bool = True) -> str:
             f'<span class="hn-tok{" hn-readout" if k == t["readout_position"] else ""}" '
             f'style="background:{_colour(a, scale)}" title="{html.escape(raw)}: {a:.4g}">'
             f"{html.escape(text)}</span>"
-            for k, (raw, text, a) in enumerate(zip(t["tokens"], _display(t["tokens"]), t["activations"]))
+            for k, (raw, text, a) in enumerate(
+                zip(t["tokens"], display_tokens(t["tokens"]), t["activations"])
+            )
         )
         items.append(
             f"<tr><td>{rank}</td><td>{t['input']}</td><td>{_num(t['score'])}</td><td>{spans}</td></tr>"

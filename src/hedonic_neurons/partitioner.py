@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 
 from hedonic_neurons.artifacts import canonical_coalitions, labels_from_coalitions
 from hedonic_neurons.errors import ConfigError
-from hedonic_neurons.partition import Partition, _jsonable, hedonic_method
+from hedonic_neurons.partition import Partition, hedonic_method, jsonable
 from hedonic_neurons.registry import Registry
 
 __all__ = [
@@ -94,7 +94,7 @@ class Partitioner(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         self.labels_ = labels_from_coalitions(self.coalitions_, n)
         self.n_neurons_ = n
         name = registered_name(type(self))
-        params = {k: _jsonable(v) for k, v in self.get_params(deep=False).items()}
+        params = {k: jsonable(v) for k, v in self.get_params(deep=False).items()}
         if self.hedonic:
             self.partition_ = Partition(
                 self.labels_, method=hedonic_method(None), params={"solver": name, **params}

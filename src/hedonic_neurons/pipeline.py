@@ -30,7 +30,6 @@ and a rerun resumes from them.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from hedonic_neurons.validation import RUN_STAGES
 
 #: columns of the extrinsic table ("k": coalitions evaluated per layer, after size matching)
 EXTRINSIC = ("ood_drop", "alignment_r2", "synergy", "blocking_upper", "blocking_upper_phi", "k")
+RIDGE = ("ridge_r2", "ridge_r2_ood", "ridge_r2_ood_refit", "ridge_r2_ood_constant", "ridge_null_percentile")
 
 
 def _log(msg: str) -> None:
@@ -132,7 +132,7 @@ def load_split(
 
 
 def task_values(task: str, pairs: Sequence[Any], qrels: dict) -> np.ndarray:
-    """Task target per pair; RM: graded relevance scaled to [0, 1] by the largest grade (A13)."""
+    """Task target per pair; RM: graded relevance scaled to [0, 1] by the largest grade."""
     from hedonic_neurons.data import task_targets
 
     y = np.asarray(task_targets(pairs, task, qrels), dtype=np.float64)
@@ -429,11 +429,7 @@ class Pipeline:
     def stage_evaluate(self) -> None:
         from tqdm.auto import tqdm
 
-        from hedonic_neurons.data import heuristic_features
-        from hedonic_neurons.evaluate.ood import ablated_outputs, ood_drops
-        from hedonic_neurons.evaluate.regression import alignment_r2, coalition_matrix, macro_feature_r2
-        from hedonic_neurons.evaluate.stats import size_matched, top_coalitions
-        from hedonic_neurons.game import certify, prepare_partition
+        from hedonic_neurons.evaluate.extrinsic import ExtrinsicData, extrinsic_rows
 
         cfg = self.cfg
         ev = cfg.evaluate
@@ -444,8 +440,7 @@ class Pipeline:
             return
         y_train = task_values(cfg.task, self.train, self.train_qrels)
         y_test = task_values(cfg.task, self.test, self.test_qrels)
-        h_train = heuristic_features(self.train, corpus="query").matrix()
-        h_test = heuristic_features(self.test, corpus="query").matrix()
+        data = ExtrinsicData.build(cfg.task, self.train, self.test, y_train, y_test, self.test_qrels)
         phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         rows: list[dict[str, Any]] = []
         ev_cfg, modes = ev, list(ev.ablation_modes)
@@ -466,65 +461,26 @@ class Pipeline:
             phis = {m: self.phi(m, layer) for m in cfg.phi.metrics}
             phi = phis[phi_metric]
             a_train, a_test = self.acts("train", layer), self.acts("test", layer)
-            # which coalitions each (seed, method) evaluates
-            plan: list[tuple[int, str, list[list[int]], int]] = []
-            for seed in ev.seeds:
-                ref = self.coalitions(self.reference_method, seed, layer)
-                targets = [len(c) for c in top_coalitions(ref, ev.top_k, ev.min_size)]
-                for method in self.methods:
-                    full = self.coalitions(method, seed, layer)
-                    if method.startswith("hedonic"):
-                        chosen, skipped = top_coalitions(full, ev.top_k, ev.min_size), 0
-                    else:
-                        rng = np.random.default_rng([seed, zlib.crc32(method.encode())])
-                        chosen, skipped = size_matched(targets, full, rng)
-                    plan.append((seed, method, chosen, skipped))
-            # one batched ablation pass over the test pairs for every distinct coalition of the layer
-            unique = sorted({tuple(c) for _, _, chosen, _ in plan for c in chosen})
-            base, ablated = ablated_outputs(
-                self.nm,
-                self.test,
-                layer,
-                [list(c) for c in unique],
-                batch_size=cfg.phi.batch_size,
-                progress=bar,
+            # the paper's per-coalition measures (hedonic_neurons.evaluate.extrinsic)
+            rows.extend(
+                extrinsic_rows(
+                    self.nm,
+                    layer,
+                    {seed: {m: self.coalitions(m, seed, layer) for m in self.methods} for seed in ev.seeds},
+                    data,
+                    reference_method=self.reference_method,
+                    phis=phis,
+                    phi_metric=phi_metric,
+                    acts_train=a_train,
+                    acts_test=a_test,
+                    k=cfg.game.k,
+                    top_k=ev.top_k,
+                    min_size=ev.min_size,
+                    certify_samples=ev.certify_samples,
+                    batch_size=cfg.phi.batch_size,
+                    progress=bar,
+                )
             )
-            drop_of = dict(
-                zip(unique, ood_drops(cfg.task, self.test, y_test, base, ablated, self.test_qrels))
-            )
-            for seed, method, chosen, skipped in plan:
-                full = self.coalitions(method, seed, layer)
-                row: dict[str, Any] = {
-                    "method": method,
-                    "layer": layer,
-                    "seed": seed,
-                    "k": len(chosen),
-                    "skipped": skipped,
-                }
-                # stability under the game the partition answers: a hedonic partition's own φ
-                own = phis[method.removeprefix("hedonic-")] if method.startswith("hedonic") else phi
-                prepared = prepare_partition(own, full, k=cfg.game.k)
-                for dist in ("uniform", "phi"):
-                    cert = certify(
-                        own,
-                        prepared,
-                        k=cfg.game.k,
-                        n_samples=ev.certify_samples,
-                        distribution=dist,
-                        random_state=seed,
-                    )
-                    row[f"blocking_rate_{dist}"] = float(cert.rate)
-                    row[f"blocking_upper_{dist}"] = float(cert.upper_bound)
-                row["blocking_upper"] = row["blocking_upper_uniform"]
-                row["k"] = len(chosen)
-                if chosen:
-                    row["ood_drop"] = float(np.mean([drop_of[tuple(c)] for c in chosen]))
-                    mat = coalition_matrix(chosen, a_train.shape[1])
-                    c_train, c_test = a_train @ mat, a_test @ mat
-                    row["alignment_r2"] = float(np.nanmean(alignment_r2(c_train, h_train, c_test, h_test)))
-                    row["ridge_r2"], row["ridge_alpha"] = macro_feature_r2(c_train, y_train, c_test, y_test)
-                    row["synergy"] = float(np.mean([_mean_pair(phi, c) for c in chosen]))
-                rows.append(row)
             # the evaluations that can tell a coalition from chance (hedonic_neurons.evaluate.layer)
             from hedonic_neurons.evaluate.layer import evaluate_layer
 
@@ -595,7 +551,9 @@ class Pipeline:
             }
             for m in self.methods
         ]
-        ridge = [{"method": m, cfg.task: mean_ci(per_seed(m, "ridge_r2")).to_dict()} for m in self.methods]
+        ridge = [
+            {"method": m, **{k: mean_ci(per_seed(m, k)).to_dict() for k in RIDGE}} for m in self.methods
+        ]
         sizes = {}
         for m in self.methods:
             sizes[m] = {}
@@ -657,15 +615,56 @@ class Pipeline:
             "notes": notes,
             "provenance": provenance(model=self.nm.identity),
         }
-        write_report(results, self.out)
+        results["explorer"] = self.explorer()
+        layer = cfg.layers[0]
+        phi = self.phi(self.evaluation["phi_for_synergy_and_certificate"], layer)
+        phi_maps = {
+            f"{m}, layer {layer}": (phi, self.coalitions(m, cfg.evaluate.seeds[0], layer))
+            for m in self.methods
+            if m.startswith("hedonic")
+        }
+        write_report(results, self.out, phi_maps=phi_maps)
         _log(f"report: {self.out / 'report.html'}")
 
+    def explorer(self) -> dict[str, list[dict[str, Any]]]:
+        """The report's coalition explorer (cached in ``explorer/``): at the first analysed layer,
+        for every method, the ``evaluate.explorer_coalitions`` coalitions the evaluation's
+        selection rule ranks first (the largest ones when none is in the size band), each with its
+        top-activating test inputs and per-token activations (:func:`~hedonic_neurons.explore.coalition_summaries`)."""
+        from hedonic_neurons.evaluate.select import select_coalitions
+        from hedonic_neurons.evaluate.stats import top_coalitions
+        from hedonic_neurons.explore import explorer_section
 
-def _mean_pair(phi: np.ndarray, members: Sequence[int]) -> float:
-    idx = np.asarray(members)
-    block = phi[np.ix_(idx, idx)]
-    n = len(idx)
-    return float((block.sum() - np.trace(block)) / (n * (n - 1))) if n > 1 else 0.0
+        cfg, ev = self.cfg, self.cfg.evaluate
+        if ev.explorer_coalitions == 0:
+            return {}
+        stage = Stage(self.out / "explorer", self._model_key("phi", "game", "baselines", "evaluate"))
+        if stage.done():
+            return read_json(stage.marker)["explorer"]
+        layer, seed = cfg.layers[0], ev.seeds[0]
+        phi = self.phi(self.evaluation["phi_for_synergy_and_certificate"], layer)
+        texts = self.test[: ev.explorer_inputs]
+        found: dict[str, list[dict[str, Any]]] = {}
+        for method in self.methods:
+            part = self.coalitions(method, seed, layer)
+            chosen = select_coalitions(
+                part, phi, rule=ev.selection, k=ev.explorer_coalitions, band=tuple(ev.size_band)
+            ) or top_coalitions(part, ev.explorer_coalitions, ev.min_size)
+            if chosen:
+                found.update(
+                    explorer_section(
+                        self.nm,
+                        {method: part},
+                        texts,
+                        layer,
+                        coalitions=chosen,
+                        phi=phi,
+                        batch_size=cfg.phi.batch_size,
+                        out=self.out,
+                    )
+                )
+        stage.finish(explorer=found)
+        return found
 
 
 def _first_sankey(out: Path, methods: Sequence[str]) -> str | None:
@@ -712,7 +711,15 @@ DEMO_CONFIG: dict[str, Any] = {
     # taylor: on MiniLM's tanh-pooler head exact local PAS costs 8-14 s per input on 2 cores
     # (docs/benchmarks.md); taylor is about 1x a forward pass and agrees with exact (r = 1.00)
     "phi": {"metrics": ["oca", "pas"], "pas_mode": "taylor", "max_inputs": 256, "batch_size": 16},
-    "evaluate": {"top_k": 5, "seeds": [0, 1, 2], "certify_samples": 5000},
+    # the random-set null and the single-neuron ablations on a smaller shared subsample keep the
+    # demo's evaluation to minutes on a laptop
+    "evaluate": {
+        "top_k": 5,
+        "seeds": [0, 1, 2],
+        "certify_samples": 5000,
+        "null_pairs": 32,
+        "synergy_pairs": 8,
+    },
 }
 
 

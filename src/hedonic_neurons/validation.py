@@ -281,31 +281,16 @@ def read_partition_dir(
 ) -> dict[int, tuple[Path, dict]]:
     """The partition files of a folder by layer. Every ``*.json`` carrying the partition format tag
     is checked (errors name the file); other JSON files are skipped with one note naming them."""
-    from hedonic_neurons.artifacts import PARTITION_FORMAT, check_partition, is_partition_document, read_json
+    from hedonic_neurons.artifacts import PARTITION_FORMAT, partition_documents
 
     p = check_input_dir(folder, option, "a folder of partition JSON files, one per layer")
-    found: dict[int, tuple[Path, dict]] = {}
-    skipped: list[str] = []
-    for path in sorted(p.glob("*.json")):
-        doc = read_json(path)
-        if not is_partition_document(doc):
-            skipped.append(path.name)
-            continue
-        doc = check_partition(doc, path)
-        layer = doc.get("layer")
-        if layer is None:
-            raise DataError(f"{path}: field 'layer' is missing or null (needed to order the layers)")
-        if layer in found:
-            raise DataError(
-                f"{path} and {found[layer][0]} are both partitions of layer {layer}; keep one per layer"
-            )
-        found[layer] = (path, doc)
+    found, skipped = partition_documents(p)
     if not found:
         raise DataError(f"{arg(option)} {p}: no partition files (JSON with format '{PARTITION_FORMAT}')")
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         note(f"{p}: skipped {len(skipped)} JSON file(s) without the partition format tag: {shown}")
-    return dict(sorted(found.items()))
+    return found
 
 
 def check_phi_folder(folder: str | os.PathLike) -> None:
@@ -417,14 +402,10 @@ def _read_config(path: Path, shown: str) -> dict[str, Any]:
 
 
 def _check_architecture(facts: ModelFacts, shown: str) -> None:
-    from hedonic_neurons.models.adapters import supported_model_types
+    from hedonic_neurons.models.adapters import supported_model_types, unknown_architecture
 
-    supported = supported_model_types()
-    if facts.model_type not in supported:
-        raise ModelError(
-            f"{shown}: unknown architecture '{facts.model_type}': add an ArchSpec for it to ARCHITECTURES in "
-            f"hedonic_neurons/models/adapters.py (supported: {', '.join(supported)})"
-        )
+    if facts.model_type not in supported_model_types():
+        raise ModelError(f"{shown}: {unknown_architecture(facts.model_type)}")
 
 
 def _check_safetensors_headers(files: Iterable[Path], shown: str) -> None:

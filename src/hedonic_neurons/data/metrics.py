@@ -1,4 +1,4 @@
-"""Task metrics: Pearson / Spearman / R² for the regression tasks, nDCG@10 for reranking (A13).
+"""Task metrics: Pearson / Spearman / R² for the regression tasks, nDCG@10 for reranking.
 
 nDCG@10 is trec_eval's ``ndcg_cut_10`` computed by pytrec_eval (graded gains, trec_eval's tie
 order: score descending, then document id descending), averaged over the queries that are both

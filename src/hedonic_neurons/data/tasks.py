@@ -1,4 +1,4 @@
-"""The three scalar tasks' targets per (query, passage) pair (method A12).
+"""The three scalar tasks' targets per (query, passage) pair.
 
 - ``cqtr``: Covered Query Term Ratio (:func:`~hedonic_neurons.data.text.cqtr`);
 - ``mean_tf_l``: Mean-TF/L (:func:`~hedonic_neurons.data.text.mean_tf_l`);

@@ -1,4 +1,4 @@
-"""The one text-processing function, and the two lexical task targets (method A12).
+"""The one text-processing function, and the two lexical task targets.
 
 :func:`terms` is used for everything lexical in the project: the CQTR and Mean-TF/L targets,
 IDF, coverage and BM25 tokenisation. It lower-cases the text, takes maximal runs of Unicode
@@ -7,7 +7,7 @@ and "mail", underscores split words), and removes English stop words. The stop-w
 scikit-learn's ``ENGLISH_STOP_WORDS`` (318 words, the Glasgow Information Retrieval Group list),
 which has not changed across scikit-learn releases. No stemming.
 
-Definitions for degenerate inputs (documented choices, A12 is silent):
+Definitions for degenerate inputs (choices made here; the task definitions are silent):
 
 - a query with no term after processing (empty, or only stop words) has CQTR = 0 and
   Mean-TF/L = 0;
@@ -54,10 +54,10 @@ def mean_tf_l_terms(query_terms: Sequence[str], passage_terms: Sequence[str]) ->
 
 
 def cqtr(query: str, passage: str) -> float:
-    """Covered Query Term Ratio (A12): fraction of distinct query terms that occur in the passage."""
+    """Covered Query Term Ratio: fraction of distinct query terms that occur in the passage."""
     return cqtr_terms(terms(query), terms(passage))
 
 
 def mean_tf_l(query: str, passage: str) -> float:
-    """Mean-TF/L (A12): mean over distinct query terms of tf(t, d) / |d| (|d| = processed token count)."""
+    """Mean-TF/L: mean over distinct query terms of tf(t, d) / |d| (|d| = processed token count)."""
     return mean_tf_l_terms(terms(query), terms(passage))

@@ -14,16 +14,19 @@ largest target takes the best-scored neurons).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hedonic_neurons.errors import ConfigError
 
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
+
 
 def attribution_scores(
-    nm: Any,
+    nm: NeuronModel,
     pairs: Sequence[Any],
     layer: int,
     *,
@@ -51,7 +54,7 @@ def attribution_scores(
 
 
 def _batch_gradient(
-    nm: Any, chunk: Sequence[Any], layer: int, mode: str, reference: Any, means: torch.Tensor | None
+    nm: NeuronModel, chunk: Sequence[Any], layer: int, mode: str, reference: Any, means: torch.Tensor | None
 ) -> torch.Tensor:
     """(B, n) ∂ℓ/∂c at c = 0 for one batch of pairs (see the module docstring)."""
     from hedonic_neurons.models.adapters import mlp_modules, n_layers

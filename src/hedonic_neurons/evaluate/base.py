@@ -24,11 +24,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from hedonic_neurons.registry import Registry
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 
 class Evaluation(ABC):
@@ -83,7 +86,7 @@ class LayerContext:
     ``bins``: the null's size bins (lower end, bins per octave).
     """
 
-    nm: Any
+    nm: NeuronModel
     layer: int
     task: str
     methods: list[str]

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hedonic_neurons.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 ATTRIBUTION = "attribution"
 MIN_NULL_PAIRS = 16
@@ -75,7 +78,7 @@ def choose(
 
 
 def evaluate_layer(
-    nm: Any,
+    nm: NeuronModel,
     layer: int,
     partitions: Mapping[int, Mapping[str, Sequence[Sequence[int]]]],
     *,

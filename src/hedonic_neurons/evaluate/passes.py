@@ -14,10 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 
 @dataclass
@@ -56,7 +59,7 @@ class LayerOutputs:
 
 @torch.no_grad()
 def layer_outputs(
-    nm: Any,
+    nm: NeuronModel,
     pairs: Sequence[Any],
     layer: int,
     coalitions: Sequence[Sequence[int]],

@@ -124,7 +124,9 @@ def solve_phi(
     }
     settings = {**game, "sampling": sampling, "phi_power": phi_power}  # what the solver is given
     timings: dict[str, float] = {}
-    metric = sidecar.get("metric") if isinstance(sidecar.get("metric"), str) else None
+    # `hedonic collect` writes the metric under "settings"; older sidecars had it at the top level
+    metric = sidecar.get("metric") or (sidecar.get("settings") or {}).get("metric")
+    metric = metric if isinstance(metric, str) else None
     layer = sidecar.get("layer")
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         layer = None  # a sidecar without a usable layer: the partition names none

@@ -1,4 +1,4 @@
-"""Sink strongly connected components of the choice digraph (method A8/A9, Part B §5.2).
+"""Sink strongly connected components of the choice digraph (Top Covering and PAC-Top-Cover).
 
 A sink SCC is a strongly connected component with no edge leaving it: a set closed under
 choice. Top Covering removes the sink SCCs of the digraph "i -> j iff j in B_i", recomputes

@@ -1,4 +1,5 @@
-"""Coalition samplers: the distribution D of method A8 and the phi-aware one of A10.
+"""Coalition samplers: the uniform distribution D (a size uniform on min..max, then a uniform
+subset of that size) and the phi-aware one (grown along positive phi).
 
 Both return coalitions grouped by size, as a list of :class:`SizeGroup` (one array of sorted
 member rows per size), so that every later step works on dense ``(m, s)`` arrays. Sample ids
@@ -171,7 +172,7 @@ def _partners_from_rows(
 def phi_coalitions(
     phi: np.ndarray, rng: np.random.Generator, m: int, min_size: int, max_size: int
 ) -> list[SizeGroup]:
-    """``m`` phi-aware coalitions (method A10): grown from a random neuron along positive phi.
+    """``m`` phi-aware coalitions: grown from a random neuron along positive phi.
 
     A seed neuron i is drawn uniformly and a target size s uniformly on {min_size..max_size};
     then s - 1 distinct partners are drawn one after another, each with probability

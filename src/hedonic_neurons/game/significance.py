@@ -1,6 +1,6 @@
 """The thresholded game: only significantly positive φ counts as a partner.
 
-φ is estimated from data, so every entry carries noise. In the top-responsive game (method A7) a
+φ is estimated from data, so every entry carries noise. In the top-responsive game a
 neuron's choice set is its k best **positive** partners; a neuron whose real partners are fewer
 than k, or weak, fills its choice set with small positive noise values, and the closures under
 choice then chain planted groups into coalitions of hundreds of neurons (measured on a planted

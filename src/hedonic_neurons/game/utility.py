@@ -1,4 +1,4 @@
-"""The MFC utility (method A7): choice sets, utilities and the one preference relation.
+"""The MFC utility: choice sets, utilities and the one preference relation.
 
 Everything in the game stage (both solvers, the certificate and the brute-force core check)
 goes through the functions here, so "i strictly prefers S to T" has exactly one definition:
@@ -12,7 +12,7 @@ goes through the functions here, so "i strictly prefers S to T" has exactly one 
 
 A neuron with no positive partner in S has Ch = {} and u = 0.
 
-Why the middle rule: A7 says "higher u, then the smaller coalition". When phi has exact ties,
+Why the middle rule: the preference is "higher u, then the smaller coalition". When phi has exact ties,
 two different choice sets can have the same u, and ranking those coalitions by size alone makes
 the game not top-responsive: Top Covering's output can then be blocked (e.g. i's tie between
 partners 2 and 3 is broken towards 2 inside Ch, yet i would leave for a smaller coalition that

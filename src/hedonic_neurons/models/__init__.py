@@ -35,6 +35,7 @@ _EXPORTS = {
         "mlp_weights",
         "n_layers",
         "n_neurons",
+        "register_architecture",
         "supported_model_types",
         "unwrap_peft",
     ),

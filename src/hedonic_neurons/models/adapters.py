@@ -1,25 +1,38 @@
 """Architecture adapters: where the neurons are in each model family.
 
-A neuron is one unit of the input to the MLP's down projection (method A1):
+A neuron is one unit of the input to the MLP's down projection:
 ``act(gate(x)) * up(x)`` for LLaMA / Mistral / Qwen2, ``act(W_in x)`` for GPT-NeoX, GPT-2 and BERT.
 Its output weight vector is the matching column of the down projection.
 
-One :class:`ArchSpec` per family, keyed on ``config.model_type``. Module paths are relative to
-``model.base_model`` (the transformer body, e.g. ``LlamaModel``), which is the same object for
-``*ForSequenceClassification``, ``*ForCausalLM`` and the bare model, so one spec serves all heads.
-Users pass layer indices, never module paths. To support a new family, add an ``ArchSpec`` to
-``ARCHITECTURES``.
+One :class:`ArchSpec` per family, registered in :data:`ARCHITECTURES` under each
+``config.model_type`` it serves. Module paths are relative to ``model.base_model`` (the transformer
+body, e.g. ``LlamaModel``), which is the same object for ``*ForSequenceClassification``,
+``*ForCausalLM`` and the bare model, so one spec serves all heads. Users pass layer indices, never
+module paths. To support a new family, write one file that builds an ``ArchSpec`` and registers
+it::
+
+    import dataclasses
+
+    from hedonic_neurons.models.adapters import ARCHITECTURES, register_architecture
+
+    # OLMo's blocks have LLaMA's module names
+    olmo = dataclasses.replace(ARCHITECTURES.get("llama"), family="olmo", model_types=("olmo",))
+    register_architecture(olmo)
+
+(``ARCHITECTURES.temporarily("toyllama", spec)`` registers one for a ``with`` block.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from hedonic_neurons.errors import ModelError
+from hedonic_neurons.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -37,7 +50,9 @@ class ArchSpec:
     final_norm: str | None = None  # pre-LN models: the final norm, relative to base_model
     post_norm: str | None = None  # post-LN models (BERT): the norm after the residual add in a block
     mlp_norm: str | None = None  # the norm that feeds the MLP, relative to a block (None: post-LN)
-    width_keys: tuple[str, ...] = ("intermediate_size",)
+    attn_norm: str | None = None  # post-LN models: the norm after attention's residual add, in a block
+    width_keys: tuple[str, ...] = ("intermediate_size",)  # config keys of the MLP width, first set wins
+    width_default: tuple[str, int] | None = None  # none set: (config key, factor), width = factor * key
     encoder: bool = False  # bidirectional encoder (BERT): pair-encoded inputs, CLS readout, no causal head
 
     @property
@@ -65,7 +80,27 @@ _LLAMA_LIKE = dict(
     mlp_norm="post_attention_layernorm",
 )
 
-ARCHITECTURES: tuple[ArchSpec, ...] = (
+#: model_type -> :class:`ArchSpec`; a spec is registered under each of its ``model_types``.
+ARCHITECTURES: Registry[ArchSpec] = Registry("architecture", base=ArchSpec)
+
+
+def register_architecture(spec: ArchSpec, *, replace: bool = False) -> ArchSpec:
+    """Register ``spec`` in :data:`ARCHITECTURES` under each of its ``model_types``.
+
+    A model type that already has a different spec is a ConfigError unless ``replace``.
+    """
+    if not isinstance(spec, ArchSpec):
+        raise ModelError(f"register_architecture expects an ArchSpec, got {type(spec).__name__}")
+    if not spec.model_types:
+        raise ModelError(
+            f"ArchSpec {spec.family!r} has no model_types: name the config.model_type(s) it serves"
+        )
+    for model_type in spec.model_types:
+        ARCHITECTURES.add(model_type, spec, replace=replace)
+    return spec
+
+
+for _spec in (
     ArchSpec(family="llama", model_types=("llama",), **_LLAMA_LIKE),
     ArchSpec(family="mistral", model_types=("mistral",), **_LLAMA_LIKE),
     ArchSpec(family="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),
@@ -90,6 +125,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         final_norm="ln_f",
         mlp_norm="ln_2",
         width_keys=("n_inner",),
+        width_default=("n_embd", 4),  # n_inner=None means 4 * n_embd
     ),
     ArchSpec(
         family="bert",
@@ -99,27 +135,34 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         down="output.dense",
         act="intermediate.intermediate_act_fn",
         post_norm="output.LayerNorm",
+        attn_norm="attention.output.LayerNorm",
         encoder=True,
     ),
-)
-
-_BY_TYPE = {t: spec for spec in ARCHITECTURES for t in spec.model_types}
+):
+    register_architecture(_spec)
+del _spec
 
 
 def supported_model_types() -> list[str]:
-    return sorted(_BY_TYPE)
+    """The registered ``config.model_type`` values, sorted."""
+    return sorted(ARCHITECTURES.names())
+
+
+def unknown_architecture(model_type: Any) -> str:
+    """The message for a ``config.model_type`` that has no registered :class:`ArchSpec`."""
+    return (
+        f"unknown architecture '{model_type}': add an ArchSpec for it to ARCHITECTURES in "
+        f"hedonic_neurons/models/adapters.py (supported: {', '.join(supported_model_types())})"
+    )
 
 
 def get_spec(model_or_config: Any) -> ArchSpec:
     """The adapter for a model or config; a one-line :class:`ModelError` for unknown families."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
-    if model_type not in _BY_TYPE:
-        raise ModelError(
-            f"unknown architecture '{model_type}': add an ArchSpec for it to ARCHITECTURES in "
-            f"hedonic_neurons/models/adapters.py (supported: {', '.join(supported_model_types())})"
-        )
-    return _BY_TYPE[model_type]
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
+        raise ModelError(unknown_architecture(model_type))
+    return ARCHITECTURES.get(model_type)
 
 
 def is_encoder(model_or_config: Any) -> bool:
@@ -172,8 +215,9 @@ def n_neurons(model_or_config: Any) -> int:
         width = getattr(config, key, None)
         if width:
             return int(width)
-    if spec.family == "gpt2":  # n_inner=None means 4 * n_embd
-        return 4 * int(config.n_embd)
+    if spec.width_default is not None and getattr(config, spec.width_default[0], None):
+        key, factor = spec.width_default
+        return factor * int(getattr(config, key))
     raise ModelError(f"config of '{spec.family}' has none of {spec.width_keys}; cannot tell the MLP width")
 
 
@@ -274,6 +318,12 @@ class MLPWeights:
     @property
     def n_neurons(self) -> int:
         return int(self.up.shape[0])
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> MLPWeights:
+        """A new MLPWeights with ``fn`` applied to each weight and bias that is set (None stays
+        None); ``act`` is shared. E.g. ``w.map(lambda t: t.detach().to(torch.float32))``."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "act"}
+        return MLPWeights(act=self.act, **{k: None if t is None else fn(t) for k, t in tensors.items()})
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """Neuron activations for MLP inputs ``x`` (..., d) -> (..., n): the hand computation."""

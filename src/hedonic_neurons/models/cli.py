@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from hedonic_neurons.errors import ConfigError, arg
 
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
-def inspect_summary(nm: Any, layers: list[int] | None = None) -> dict[str, Any]:
+
+def inspect_summary(nm: NeuronModel, layers: list[int] | None = None) -> dict[str, Any]:
     """Everything ``hedonic inspect`` shows, as a JSON-safe dict."""
     layers = None if layers is None else [nm.check_layer(layer) for layer in layers]
     info = nm.describe()

@@ -276,7 +276,9 @@ def register(app: Any) -> None:
         data: str = typer.Option("msmarco-dev", help="training data: msmarco-dev or demo"),
         test: str = typer.Option("dl19", help="out-of-domain test set ('none' to skip; demo uses its own)"),
         data_root: str = typer.Option(None, help="shared IR data folder (default $HEDONIC_SHARED_IR)"),
-        layers: str = typer.Option("middle", help="LoRA layers: middle (A12 band), all, '7-14', '1,3'"),
+        layers: str = typer.Option(
+            "middle", help="LoRA layers: middle (7-14 of 32, scaled to the depth), all, '7-14', '1,3'"
+        ),
         epochs: float = typer.Option(d["epochs"]),
         max_steps: int = typer.Option(d["max_steps"], help="number of optimiser steps (overrides --epochs)"),
         lr: float = typer.Option(d["learning_rate"], help="learning rate"),
@@ -322,7 +324,7 @@ def register(app: Any) -> None:
         threads: int = typer.Option(None, help="torch CPU threads"),
         seed: int = typer.Option(d["seed"]),
     ) -> None:
-        """LoRA-fine-tune a one-logit reranker for one task (MLP-only LoRA, A12); writes adapter + metrics."""
+        """LoRA-fine-tune a one-logit reranker for one task (MLP-only LoRA); writes adapter + metrics."""
         import json
 
         hyper = dict(

@@ -1,6 +1,6 @@
 """How a (query, passage) pair becomes model input: the one place inputs are formatted.
 
-Two kinds (method Part B §8, A12):
+Two kinds:
 
 - ``text`` (decoder models): one string from ``template`` (default
   ``"query: {query} document: {passage}"``, the training format), then the tokenizer's EOS token

@@ -82,7 +82,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -90,6 +90,9 @@ from torch import nn
 
 from hedonic_neurons.errors import ConfigError, DataError, ModelError, arg
 from hedonic_neurons.models.reference import Reference
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 PLANT_FORMAT = "hedonic-neurons/plant/v1"
 KINDS = ("and", "or")
@@ -264,7 +267,7 @@ def _integer(name: str, value: Any, low: int | None = None, what: str = "an inte
 # --------------------------------------------------------------------------------- capturing
 
 
-def _score(nm: Any, output: Any, positions: torch.Tensor) -> torch.Tensor:
+def _score(nm: NeuronModel, output: Any, positions: torch.Tensor) -> torch.Tensor:
     """The model's scalar output per input (classification logit, or the score token's logit)."""
     logits = output.logits
     if logits.dim() == 2:
@@ -289,7 +292,7 @@ def _flags(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return flags
 
 
-def _capture_layer(nm: Any, batches: list[dict[str, torch.Tensor]], layer: int) -> _Tokens:
+def _capture_layer(nm: NeuronModel, batches: list[dict[str, torch.Tensor]], layer: int) -> _Tokens:
     """MLP input and residual at ``layer`` over the non-pad tokens (the forward stops there)."""
     from hedonic_neurons.models.adapters import mlp_modules
     from hedonic_neurons.neurons.readout import site_hooks
@@ -321,7 +324,7 @@ def _capture_layer(nm: Any, batches: list[dict[str, torch.Tensor]], layer: int) 
 
 
 def _gradients(
-    nm: Any, batches: list[dict[str, torch.Tensor]], layer: int, limit: int
+    nm: NeuronModel, batches: list[dict[str, torch.Tensor]], layer: int, limit: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
     """Mean gradient of the model's logit with respect to the residual after ``layer`` and after
     ``layer + 1`` at the readout token, over the first ``limit`` inputs; the mean cosine of the
@@ -366,7 +369,7 @@ def _gradients(
 
 
 def _capture_next(
-    nm: Any, batches: list[dict[str, torch.Tensor]], layer: int, members: list[int]
+    nm: NeuronModel, batches: list[dict[str, torch.Tensor]], layer: int, members: list[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(activations of ``members`` at ``layer``, MLP input at ``layer + 1``, readout flags) over
     the non-pad tokens (the forward stops at the MLP of ``layer + 1``)."""
@@ -473,7 +476,7 @@ def _probe_directions(
     return out
 
 
-def _uses_layernorm(nm: Any, layer: int) -> bool:
+def _uses_layernorm(nm: NeuronModel, layer: int) -> bool:
     from hedonic_neurons.models.adapters import mlp_modules
 
     mods = mlp_modules(nm.model, layer)
@@ -676,7 +679,7 @@ def _gate_strength(pre: np.ndarray, ind: np.ndarray, readout: np.ndarray, floor:
 
 
 def _write_images(
-    nm: Any,
+    nm: NeuronModel,
     batches: list[dict[str, torch.Tensor]],
     layer: int,
     directions: np.ndarray,
@@ -778,7 +781,7 @@ class PlantResult:
         return self.ground_truth["groups"]
 
 
-def _check_against(nm: Any, spec: PlantSpec) -> int:
+def _check_against(nm: NeuronModel, spec: PlantSpec) -> int:
     """The planting layer as a non-negative index; one-line errors for what does not fit the model."""
     total = int(nm.n_layers)
     layer = spec.layer + total if spec.layer < 0 else spec.layer
@@ -822,7 +825,7 @@ class _Unplanted(Reference):
 
         self.weights = {int(at): _copy_weights(mlp_weights(model, at), torch.float32) for at in layers}
 
-    def mlp_weights(self, nm: Any, layer: int) -> Any:
+    def mlp_weights(self, nm: NeuronModel, layer: int) -> Any:
         from hedonic_neurons.models.adapters import MLPWeights
 
         w = self.weights.get(int(layer))
@@ -858,7 +861,7 @@ def _make_groups(spec: PlantSpec, n: int, rng: np.random.Generator) -> list[Grou
 
 
 def plant_model(
-    nm: Any,
+    nm: NeuronModel,
     spec: PlantSpec,
     calibration_pairs: Sequence[Any],
     verify_pairs: Sequence[Any] = (),
@@ -1116,7 +1119,7 @@ def _copy_weights(w: Any, dtype: torch.dtype | None = None) -> Any:
 
 
 def _batches(
-    nm: Any, fmt: Any, pairs: Sequence[Any], batch_size: int
+    nm: NeuronModel, fmt: Any, pairs: Sequence[Any], batch_size: int
 ) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
     """Encoded batches (pairs sorted by length, so little padding) on the model's device, and the
     order of the pairs in them."""
@@ -1131,7 +1134,7 @@ def _batches(
 
 
 def pair_deltas(
-    nm: Any,
+    nm: NeuronModel,
     batches: Sequence[dict[str, torch.Tensor]],
     layer: int,
     reference: Any,
@@ -1140,7 +1143,7 @@ def pair_deltas(
     readout: str = "full",
 ) -> np.ndarray:
     """E_x[Δ_ij] = E[ℓ − ℓ_{−i} − ℓ_{−j} + ℓ_{−ij}] for each pair, by batched ablation to the
-    ``reference`` weights (method A4's sign: positive = complements)."""
+    ``reference`` weights (the paper's sign: positive = complements)."""
     from hedonic_neurons.neurons.ablation import ablation_logits
 
     singles = sorted({int(i) for p in pairs for i in p})
@@ -1168,7 +1171,7 @@ def pair_deltas(
 
 
 def _verify(
-    nm: Any,
+    nm: NeuronModel,
     fmt: Any,
     pairs: Sequence[Any],
     layer: int,
@@ -1208,7 +1211,7 @@ def _verify(
     }
 
 
-def _save_checkpoint(nm: Any, folder: Path) -> None:
+def _save_checkpoint(nm: NeuronModel, folder: Path) -> None:
     """``save_pretrained`` of model and tokenizer into ``folder``, atomically (temp folder + rename)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", suffix=".tmp", dir=folder.parent))

@@ -18,6 +18,7 @@ On layers the fine-tuning did not touch the reference equals the current weights
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,11 +194,9 @@ class ModelReference(Reference):
                     )
 
     def mlp_weights(self, nm: NeuronModel, layer: int) -> MLPWeights:
-        ref = adapters.mlp_weights(self.model, layer)
         dev = nm.device
-        out = {name: _fp32_copy(getattr(ref, name), dev) for name in
-               ("up", "gate", "down", "up_bias", "gate_bias", "down_bias")}  # fmt: skip
-        return MLPWeights(act=nm.mlp_weights(layer).act, **out)
+        ref = adapters.mlp_weights(self.model, layer).map(lambda t: _fp32_copy(t, dev))
+        return dataclasses.replace(ref, act=nm.mlp_weights(layer).act)
 
 
 def as_reference(reference: Any, model: nn.Module, shown: str) -> Reference | None:

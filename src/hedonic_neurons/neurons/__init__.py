@@ -1,6 +1,6 @@
 """Neurons: recording at the neuron site, streaming statistics, ablation and the readout.
 
-A neuron is one unit of the input to an MLP's down projection (method A1). See
+A neuron is one unit of the input to an MLP's down projection. See
 :mod:`~hedonic_neurons.neurons.recording`, :mod:`~hedonic_neurons.neurons.stats`,
 :mod:`~hedonic_neurons.neurons.readout` and :mod:`~hedonic_neurons.neurons.ablation`
 (:func:`ablate`: a context manager inside which the model runs with neurons ablated).

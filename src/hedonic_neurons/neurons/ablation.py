@@ -1,4 +1,4 @@
-"""Ablation (method A2): many neuron sets of one layer ablated in one batched forward pass.
+"""Ablation: many neuron sets of one layer ablated in one batched forward pass.
 
 The batch is repeated once per set; hooks on the layer's down projection change, in replica r,
 only the neurons of set r:
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import operator
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ from torch import nn
 
 from hedonic_neurons.errors import ModelError, arg
 from hedonic_neurons.models.adapters import (
+    MLPModules,
     MLPWeights,
     block,
     block_list,
@@ -50,6 +51,7 @@ from hedonic_neurons.models.adapters import (
 from hedonic_neurons.models.interop import unwrap_model
 from hedonic_neurons.neurons.readout import local_head, site_hooks
 from hedonic_neurons.neurons.recording import (
+    HookSet,
     StopForward,
     hf_model,
     hooks,
@@ -79,12 +81,12 @@ def set_masks(
     return masks.to(device)
 
 
-def _repeat(value: Any, times: int, batch_size: int) -> Any:
+def repeat_batch(value: Any, times: int, batch_size: int) -> Any:
     """``value`` with its batch dimension repeated ``times`` (tensors, also inside tuples/lists)."""
     if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch_size:
         return value.repeat(times, *([1] * (value.dim() - 1)))
     if isinstance(value, (tuple, list)):
-        return type(value)(_repeat(v, times, batch_size) for v in value)
+        return type(value)(repeat_batch(v, times, batch_size) for v in value)
     return value
 
 
@@ -107,7 +109,7 @@ class _Replay(nn.Module):
 
 
 @torch.no_grad()
-def _prefix_output(model: nn.Module, inputs: dict[str, Any], layer: int) -> Any:
+def prefix_output(model: nn.Module, inputs: dict[str, Any], layer: int) -> Any:
     """Output of block ``layer - 1`` on the unrepeated batch (the forward stops there)."""
     store: dict[str, Any] = {}
 
@@ -122,7 +124,7 @@ def _prefix_output(model: nn.Module, inputs: dict[str, Any], layer: int) -> Any:
 
 
 @contextmanager
-def _replayed_prefix(model: nn.Module, layer: int, output: Any) -> Iterator[None]:
+def replayed_prefix(model: nn.Module, layer: int, output: Any) -> Iterator[None]:
     """Blocks 0..layer-1 swapped for :class:`_Replay` stand-ins returning ``output``; restored on
     exit, also after an exception."""
     blocks = block_list(model)
@@ -203,7 +205,7 @@ def ablation_logits(
     head = local_head(model, head_layer, norm=norm, score_token_id=score_token_id)
     positions = readout_positions(model, mask)
     per_pass = max(1, len(masks) if not max_batch else int(max_batch) // batch_size)
-    prefix = _prefix_output(model, inputs, layer) if reuse_prefix and layer > 0 and len(masks) else None
+    prefix = prefix_output(model, inputs, layer) if reuse_prefix and layer > 0 and len(masks) else None
     out = [
         _ablated_pass(
             model,
@@ -478,10 +480,42 @@ def ablation_hooks(
     hook_set.post(mods.down, add_reference)
 
 
+def repeated_forward(
+    model: nn.Module,
+    mods: MLPModules,
+    inputs: Mapping[str, Any],
+    masks: torch.Tensor,
+    mode: str,
+    reference: MLPWeights | None,
+    means: torch.Tensor | None,
+    layer: int,
+    prefix: Any,
+    install: Callable[[HookSet, dict[str, Any]], None],
+) -> None:
+    """One forward of ``inputs`` repeated once per row of ``masks`` (sets, n): copy r (rows
+    r·B .. r·B+B-1) runs with neuron set r of ``layer`` ablated (:func:`ablation_hooks`).
+
+    ``install(hook_set, repeated_inputs)`` registers the caller's reading hooks after the ablation
+    hooks. ``prefix``: None, or the output of block ``layer - 1`` on the unrepeated inputs
+    (:func:`prefix_output`), replayed for the blocks below ``layer`` instead of running them.
+    """
+    sets, batch_size = masks.shape[0], inputs["attention_mask"].shape[0]
+    rep = {key: repeat_batch(value, sets, batch_size) for key, value in inputs.items()}
+    row_masks = masks.repeat_interleave(batch_size, dim=0)[:, None, :]  # (sets*B, 1, n)
+    with hooks() as hook_set:
+        ablation_hooks(hook_set, mods, masks, row_masks, mode, reference, means)
+        install(hook_set, rep)
+        if prefix is None:
+            run_forward(model, rep)
+        else:
+            with replayed_prefix(model, layer, repeat_batch(prefix, sets, batch_size)):
+                run_forward(model, rep)
+
+
 @torch.no_grad()
 def _ablated_pass(
     model: nn.Module,
-    mods: Any,
+    mods: MLPModules,
     inputs: dict[str, Any],
     masks: torch.Tensor,
     mode: str,
@@ -494,17 +528,12 @@ def _ablated_pass(
     prefix: Any = None,
 ) -> torch.Tensor:
     sets, batch_size = masks.shape[0], positions.shape[0]
-    rep = {key: _repeat(value, sets, batch_size) for key, value in inputs.items()}
-    row_masks = masks.repeat_interleave(batch_size, dim=0)[:, None, :]  # (sets*B, 1, n)
     store: dict[str, torch.Tensor] = {}
-    with hooks() as hook_set:
-        ablation_hooks(hook_set, mods, masks, row_masks, mode, reference, means)
+
+    def read_residual(hook_set: HookSet, rep: dict[str, Any]) -> None:
         site_hooks(model, head_layer, hook_set, store)
-        if prefix is None:
-            run_forward(model, rep)
-        else:
-            with _replayed_prefix(model, layer, _repeat(prefix, sets, batch_size)):
-                run_forward(model, rep)
+
+    repeated_forward(model, mods, inputs, masks, mode, reference, means, layer, prefix, read_residual)
     resid = store["resid"]
     rows = torch.arange(resid.shape[0], device=resid.device)
     return head(resid[rows, positions.repeat(sets)]).reshape(sets, batch_size)

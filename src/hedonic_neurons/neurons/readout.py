@@ -1,4 +1,4 @@
-"""The readout (method A3): the model's own head applied to the residual stream after a layer.
+"""The readout: the model's own head applied to the residual stream after a layer.
 
 ``local_head(model, layer)`` is a function of the residual vector r taken right after block
 ``layer`` at the readout position (:func:`readout_positions`):
@@ -14,7 +14,7 @@
 
 At the last layer it equals the model's own output logit. ``norm=False`` drops the head's
 nonlinearities (the norm, and BERT's pooler tanh): a purely linear readout, under which pairwise
-ablation synergy is identically zero (method A3 / Part B §2).
+ablation synergy is identically zero (the logit is then additive in the neurons' contributions).
 """
 
 from __future__ import annotations

@@ -49,12 +49,24 @@ METRIC_TITLES = {
     "blocking_upper": "blocking-rate bound ↓",
     "blocking_upper_phi": "φ-aware blocking bound ↓",
     "k": "coalitions evaluated",
-    "ridge_r2": "ridge OOD R² ↑",
+    "ridge_r2": "ridge R², in-domain CV ↑",
+    "ridge_r2_ood": "ridge R², OOD ↑",
+    "ridge_r2_ood_refit": "ridge R², OOD refitted ↑",
+    "ridge_r2_ood_constant": "constant predictor, OOD",
+    "ridge_null_percentile": "percentile among random sets ↑",
+    "ridge_ndcg10": "nDCG@10 of ridge, OOD ↑",
 }
 METRIC_NOTES = {
     "ood_drop": "task metric unablated minus ablated on the out-of-domain test set (higher: the "
     "coalitions matter more)",
-    "alignment_r2": "R² of the coalitions' mean activation regressed on the IR heuristics",
+    "alignment_r2": "query-grouped cross-validated R² of each coalition's activation regressed on the IR "
+    "heuristics that vary within a query (BM25, coverage, matched IDF)",
+    "ridge_r2": "query-grouped cross-validated R² of the task target on the coalitions' activations "
+    "(relevance labels standardised per query)",
+    "ridge_r2_ood": "the same model fitted on all train pairs, scored on the out-of-domain test pairs",
+    "ridge_r2_ood_refit": "OOD R² after refitting intercept and scale on a held-out half of the test queries",
+    "ridge_r2_ood_constant": "what the training mean scores OOD: label shift alone",
+    "ridge_null_percentile": "percentile of the in-domain R² among random size-matched coalitions",
     "synergy": "mean φ over pairs of members",
     "blocking_upper": "95% upper bound on the rate at which random small coalitions block the partition",
     "blocking_upper_phi": "the same for coalitions grown along positive φ (a harder test)",
@@ -416,7 +428,7 @@ def _explorer(results: dict[str, Any]) -> dict[str, list[dict]]:
 
 
 def _explorer_md(explorer: dict[str, list[dict]]) -> list[str]:
-    from hedonic_neurons.explore import _display, summary_sentence
+    from hedonic_neurons.explore import display_tokens, summary_sentence
 
     lines = []
     for method, docs in explorer.items():
@@ -450,7 +462,7 @@ def _explorer_md(explorer: dict[str, list[dict]]) -> list[str]:
             )
             lines += ["", f"Top {len(doc.get('top') or [])} of {doc['n_texts']} inputs (by {ranking}):", ""]
             for rank, t in enumerate(doc.get("top") or [], 1):
-                shown = _display(t["tokens"])
+                shown = display_tokens(t["tokens"])
                 best = sorted(range(len(shown)), key=lambda k: -t["activations"][k])[:3]
                 hot = ", ".join(f"“{shown[k].strip()}” {t['activations'][k]:.3g}" for k in best)
                 text = t["text"] if len(t["text"]) <= 160 else t["text"][:157] + "..."
@@ -603,7 +615,7 @@ def write_report(
         extrinsic, figs / "methods.png", "Methods compared (mean ± 95% CI over seeds)"
     )
     if ridge:
-        paths["fig_ridge"] = plot_methods(ridge, figs / "ridge.png", "Ridge on macro-features, OOD R²")
+        paths["fig_ridge"] = plot_methods(ridge, figs / "ridge.png", "Ridge on macro-features")
     paths["fig_sizes"] = plot_sizes(sizes, figs / "sizes.png")
     paths["fig_transitions"] = plot_transitions(transitions, figs / "transitions.png")
     phi_figs: dict[str, Path] = {}
@@ -632,7 +644,7 @@ def write_report(
     md += ["## Extrinsic evaluation", "", markdown_table(extrinsic), ""]
     md += [*(f"- {n}" for n in _metric_notes(extrinsic)), ""]
     if ridge:
-        md += ["## Ridge regression on coalition macro-features, OOD R²", "", markdown_table(ridge), ""]
+        md += ["## Ridge regression on coalition macro-features", "", markdown_table(ridge), ""]
     for name, rows in eval_tables.items():
         if rows:
             md += [f"## {name}", "", _md_table(*generic_cells(rows)), ""]
@@ -681,7 +693,7 @@ def write_report(
         )
     sections.append(img(paths["fig_methods"]))
     if ridge:
-        sections += ["<h2>Ridge on macro-features (OOD R²)</h2>", _html_table(ridge)]
+        sections += ["<h2>Ridge regression on coalition macro-features</h2>", _html_table(ridge)]
         sections.append(img(paths["fig_ridge"]))
     for name, rows in eval_tables.items():
         if rows:

@@ -1,4 +1,4 @@
-"""Synergy: the pairwise value φ of one MLP layer's neurons (method A4–A6).
+"""Synergy: the pairwise value φ of one MLP layer's neurons (PAS and OCA).
 
 - :mod:`~hedonic_neurons.synergy.oca`: OCA, (1 − |cos(W_i, W_j)|) · Pearson ρ(a_i, a_j);
 - :mod:`~hedonic_neurons.synergy.pas`: PAS, φ = PAS_SIGN · E[ℓ − ℓ_{−i} − ℓ_{−j} + ℓ_{−ij}], exact

@@ -30,12 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hedonic_neurons.errors import ConfigError, DataError, arg
 from hedonic_neurons.synergy.base import METRICS
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 
 def _check_model(model: Any) -> None:
@@ -73,7 +76,7 @@ _WHAT = (
 )
 
 
-def _encode_texts(nm: Any, texts: list[str]) -> dict[str, Any]:
+def _encode_texts(nm: NeuronModel, texts: list[str]) -> dict[str, Any]:
     """Whole input texts, tokenised as they are, truncated and padded as the input format says."""
     import torch
 
@@ -92,7 +95,7 @@ def _encode_texts(nm: Any, texts: list[str]) -> dict[str, Any]:
     return {k: v.to(nm.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _to_device(nm: Any, batch: Mapping[str, Any], index: int) -> dict[str, Any]:
+def _to_device(nm: NeuronModel, batch: Mapping[str, Any], index: int) -> dict[str, Any]:
     import torch
 
     if "input_ids" not in batch or "attention_mask" not in batch:
@@ -103,7 +106,7 @@ def _to_device(nm: Any, batch: Mapping[str, Any], index: int) -> dict[str, Any]:
     return {k: v.to(nm.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def iter_batches(nm: Any, data: Any, batch_size: int) -> Iterator[dict[str, Any]]:
+def iter_batches(nm: NeuronModel, data: Any, batch_size: int) -> Iterator[dict[str, Any]]:
     """The tokenised batches of ``data`` (see the module docstring), ``batch_size`` inputs each
     for pairs and texts; a one-line :class:`DataError` naming ``data=`` for anything else."""
     if isinstance(data, str | bytes | Mapping):
@@ -145,7 +148,7 @@ def iter_batches(nm: Any, data: Any, batch_size: int) -> Iterator[dict[str, Any]
         yield _encode(nm, kind, chunk)
 
 
-def _encode(nm: Any, kind: str, chunk: list[Any]) -> dict[str, Any]:
+def _encode(nm: NeuronModel, kind: str, chunk: list[Any]) -> dict[str, Any]:
     if kind == "text":
         return _encode_texts(nm, chunk)
     pairs = [_pair_of(item) for item in chunk]
@@ -154,7 +157,7 @@ def _encode(nm: Any, kind: str, chunk: list[Any]) -> dict[str, Any]:
 
 def synergy(
     metric: str,
-    model: Any,
+    model: NeuronModel,
     data: Any,
     layer: int,
     *,
@@ -225,7 +228,7 @@ def synergy(
 
 
 def oca(
-    model: Any,
+    model: NeuronModel,
     data: Any,
     layer: int,
     *,
@@ -260,7 +263,7 @@ def oca(
 
 
 def pas(
-    model: Any,
+    model: NeuronModel,
     data: Any,
     layer: int,
     mode: str = "exact",

@@ -34,10 +34,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hedonic_neurons.errors import ModelError, arg
 from hedonic_neurons.registry import Registry
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 
 class SynergyMetric(ABC):
@@ -108,7 +111,7 @@ class SynergyMetric(ABC):
         return out
 
     @classmethod
-    def create(cls, nm: Any, layers: Sequence[int], settings: Any, **options: Any) -> SynergyMetric:
+    def create(cls, nm: NeuronModel, layers: Sequence[int], settings: Any, **options: Any) -> SynergyMetric:
         """An accumulator for ``layers`` (one layer unless :attr:`multi_layer`) of the NeuronModel
         ``nm``. ``options``: keyword arguments for the accumulator; the ones named in
         :attr:`options` are passed on, the others (the runner's tuning knobs for other metrics,

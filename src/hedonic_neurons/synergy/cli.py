@@ -59,7 +59,9 @@ def collect(
     ),
     batch_size: int = typer.Option(16, "--batch-size"),
     pooling: str = typer.Option("tokens", "--pooling", help="OCA: tokens | mean | last"),
-    statistic: str = typer.Option("corr", "--statistic", help="OCA: corr (Pearson, A6) | cov (public code)"),
+    statistic: str = typer.Option(
+        "corr", "--statistic", help="OCA: corr (Pearson correlation) | cov (covariance, as the public code)"
+    ),
     seed: int = typer.Option(0, "--seed"),
     dtype: str | None = typer.Option(None, "--dtype", help="Model dtype (float32, bfloat16, ...)."),
     device: str | None = typer.Option(

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,6 +60,9 @@ from hedonic_neurons.synergy.pas import (
     residual_shifts,
     taylor_sum,
 )
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 MODES = ("exact", "taylor", "grad-outer")
 READOUTS = ("local", "full")
@@ -131,18 +134,7 @@ class CollectSettings:
 
 
 def _fp32(weights: MLPWeights) -> MLPWeights:
-    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.detach().to(torch.float32)
-
-    return MLPWeights(
-        up=cast(weights.up),
-        down=cast(weights.down),
-        act=weights.act,
-        gate=cast(weights.gate),
-        up_bias=cast(weights.up_bias),
-        gate_bias=cast(weights.gate_bias),
-        down_bias=cast(weights.down_bias),
-    )
+    return weights.map(lambda t: t.detach().to(torch.float32))
 
 
 def _check_finite(tensor: torch.Tensor, what: str, layer: int, batch: int) -> None:
@@ -236,7 +228,7 @@ class OCACollector(SynergyMetric):
     multi_layer = True
     streaming = True
 
-    def __init__(self, nm: Any, layers: Sequence[int], settings: CollectSettings) -> None:
+    def __init__(self, nm: NeuronModel, layers: Sequence[int], settings: CollectSettings) -> None:
         from hedonic_neurons.neurons import Moments
 
         self.nm, self.layers, self.settings = nm, list(layers), settings
@@ -372,13 +364,13 @@ class PASCollector(SynergyMetric):
         return out
 
     @classmethod
-    def create(cls, nm: Any, layers: Sequence[int], settings: Any, **options: Any) -> PASCollector:
+    def create(cls, nm: NeuronModel, layers: Sequence[int], settings: Any, **options: Any) -> PASCollector:
         (layer,) = layers
         return cls(nm, layer, settings, **{k: v for k, v in options.items() if k in cls.options})
 
     def __init__(
         self,
-        nm: Any,
+        nm: NeuronModel,
         layer: int,
         settings: CollectSettings,
         *,
@@ -565,7 +557,7 @@ class PASCollector(SynergyMetric):
             "n_tokens": self.sums.tokens,
             "n_samples": self.sums.count,
             "head": self.head_kind,
-            "sign": "phi = E[l - l_-i - l_-j + l_-ij]; positive = complements (method A4)",
+            "sign": "phi = E[l - l_-i - l_-j + l_-ij]; positive = complements (the paper's sign)",
         }
         if self.settings.mode == "grad-outer":
             meta["sign"] = "phi = -E[(g*a)(g*a)^T], the public code's surrogate as it is (for comparison)"
@@ -601,7 +593,7 @@ def phi_path(out_dir: str | Path, layer: int) -> Path:
     return Path(out_dir) / f"phi_layer{layer}.safetensors"
 
 
-def _identity(nm: Any, settings: CollectSettings, data: str, n_pairs: int) -> dict[str, Any]:
+def _identity(nm: NeuronModel, settings: CollectSettings, data: str, n_pairs: int) -> dict[str, Any]:
     fmt = getattr(nm, "input_format", None)
     return {
         "settings": settings.to_dict(),
@@ -658,7 +650,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 @locks_output("out_dir", check=_check_out_dir)
 def collect(
-    nm: Any,
+    nm: NeuronModel,
     pairs: Sequence[Any],
     layers: Sequence[int],
     settings: CollectSettings,
@@ -749,7 +741,7 @@ def collect(
 
 def _run_pass(
     collector: Any,
-    nm: Any,
+    nm: NeuronModel,
     pairs: list[Any],
     shard: list[int],
     start: int,
@@ -785,7 +777,7 @@ def _run_pass(
 
 
 def _write(
-    collector: SynergyMetric, layer: int, nm: Any, identity: dict[str, Any], key: str, out_dir: Path
+    collector: SynergyMetric, layer: int, nm: NeuronModel, identity: dict[str, Any], key: str, out_dir: Path
 ) -> Path:
     phi, meta = collector.result(layer)
     validate_phi(phi, name=f"phi of layer {layer}")

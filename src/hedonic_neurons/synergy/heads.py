@@ -1,6 +1,6 @@
 """The structure of a layer-local head, so that exact PAS has a closed form.
 
-A local head ``f`` maps a residual vector r (d,) to the scalar logit (method A3). Exact local PAS
+A local head ``f`` maps a residual vector r (d,) to the scalar logit (the model's own head). Exact local PAS
 evaluates ``f`` at r − Σ_{i∈S} d_i for every pair, and that is cheap when ``f`` has one of two
 shapes, which :func:`structured_head` reads off a LocalHead (and checks numerically):
 

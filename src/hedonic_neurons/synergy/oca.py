@@ -1,4 +1,4 @@
-"""Orthogonal Co-Activation (method A6): φ_OCA(i, j) = (1 − |cos(W_i, W_j)|) · ρ(a_i, a_j).
+"""Orthogonal Co-Activation: φ_OCA(i, j) = (1 − |cos(W_i, W_j)|) · ρ(a_i, a_j).
 
 W_i is column i of the down projection; ρ is the Pearson correlation of the neurons' activations
 (from streaming :class:`~hedonic_neurons.neurons.Moments`); a neuron with zero variance has ρ = 0
@@ -42,7 +42,7 @@ def _statistic(stats: Any, statistic: Statistic) -> torch.Tensor:
     else:
         mat = stats
     mat = torch.as_tensor(mat).detach().to(torch.float64)
-    # np.corrcoef gives NaN for a constant neuron: A6 says ρ = 0 with everyone
+    # np.corrcoef gives NaN for a constant neuron: a zero-variance neuron has ρ = 0 with everyone
     return torch.nan_to_num(mat, nan=0.0)
 
 

@@ -1,4 +1,4 @@
-"""Pairwise Ablation Synergy (method A4, A5): exact local PAS in closed form, taylor, grad-outer.
+"""Pairwise Ablation Synergy: exact local PAS in closed form, taylor, grad-outer.
 
 Ablating neuron i at the readout position moves the residual r by a per-input vector d_i
 (:func:`residual_shifts`), so with a local head f the ablated logits are
@@ -38,7 +38,8 @@ import torch
 
 from hedonic_neurons.synergy.heads import NormAffineHead, NormTanhHead
 
-#: φ_PAS = PAS_SIGN · E[Δ_ij] (method A4: positive means complements). Part B's −E[Δ] is not used.
+#: φ_PAS = PAS_SIGN · E[Δ_ij]: positive means complements (each neuron matters only when the other
+#: is present), as the paper states it; the public code's −E[Δ] is not used.
 PAS_SIGN = 1.0
 #: ``grad-outer`` is the public code's matrix as it is: GRAD_OUTER_SIGN · E[(g⊙a)(g⊙a)ᵀ].
 GRAD_OUTER_SIGN = -1.0

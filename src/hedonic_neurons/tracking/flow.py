@@ -21,7 +21,7 @@ layer. Every target layer t (l+1 ... l+h) is read in the same pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,13 +32,11 @@ from hedonic_neurons.errors import DataError, ModelError
 from hedonic_neurons.models.adapters import MLPWeights, check_layer, mlp_modules, n_neurons
 from hedonic_neurons.neurons.ablation import (
     MODES,
-    _prefix_output,
-    _repeat,
-    _replayed_prefix,
-    ablation_hooks,
+    prefix_output,
+    repeated_forward,
     set_masks,
 )
-from hedonic_neurons.neurons.recording import StopForward, hf_model, hooks, model_inputs, pool, run_forward
+from hedonic_neurons.neurons.recording import HookSet, StopForward, hf_model, model_inputs, pool
 
 __all__ = ["coalition_flow", "interventional_flow", "neuron_flow"]
 
@@ -57,14 +55,10 @@ def _flow_pass(
 ) -> dict[int, torch.Tensor]:
     """Mean-pooled activations (sets, B, n) of every target layer, set r ablated in copy r."""
     mods = mlp_modules(model, layer)
-    mask = inputs["attention_mask"]
-    sets, batch_size = masks.shape[0], mask.shape[0]
-    rep = {key: _repeat(value, sets, batch_size) for key, value in inputs.items()}
-    rep_mask = rep["attention_mask"]
-    row_masks = masks.repeat_interleave(batch_size, dim=0)[:, None, :]  # (sets*B, 1, n)
+    sets, batch_size = masks.shape[0], inputs["attention_mask"].shape[0]
     pooled: dict[int, torch.Tensor] = {}
 
-    def capture(target: int):
+    def capture(target: int, rep_mask: torch.Tensor) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             pooled[target] = pool(args[0].float(), rep_mask, "mean")
             if target == targets[-1]:
@@ -72,15 +66,11 @@ def _flow_pass(
 
         return hook
 
-    with hooks() as hook_set:
-        ablation_hooks(hook_set, mods, masks, row_masks, mode, reference, means)
+    def read_targets(hook_set: HookSet, rep: dict[str, Any]) -> None:
         for target in targets:
-            hook_set.pre(mlp_modules(model, target).down, capture(target))
-        if prefix is None:
-            run_forward(model, rep)
-        else:
-            with _replayed_prefix(model, layer, _repeat(prefix, sets, batch_size)):
-                run_forward(model, rep)
+            hook_set.pre(mlp_modules(model, target).down, capture(target, rep["attention_mask"]))
+
+    repeated_forward(model, mods, inputs, masks, mode, reference, means, layer, prefix, read_targets)
     return {t: pooled[t].reshape(sets, batch_size, -1) for t in targets}
 
 
@@ -123,7 +113,7 @@ def neuron_flow(
         mask = inputs["attention_mask"]
         batch_size, device = mask.shape[0], mask.device
         masks = set_masks([[], *[list(c) for c in coalitions]], n, device)
-        prefix = _prefix_output(model, inputs, layer) if reuse_prefix and layer > 0 else None
+        prefix = prefix_output(model, inputs, layer) if reuse_prefix and layer > 0 else None
         per_pass = max(1, int(max_rows) // batch_size)
         base: dict[int, torch.Tensor] = {}
         for start in range(0, masks.shape[0], per_pass):

@@ -18,9 +18,6 @@ from hedonic_neurons.models.adapters import block, check_layer, get_spec, mlp_mo
 
 __all__ = ["LayerPairWeights", "layer_pair_weights", "mean_abs_activations", "next_norm_scale"]
 
-# Post-LN families: the LayerNorm inside block l+1 that feeds its MLP (after attention).
-_POST_LN_MLP_INPUT_NORM = {"bert": "attention.output.LayerNorm"}
-
 
 def next_norm_scale(model: nn.Module, layer: int, target: int | None = None) -> torch.Tensor | None:
     """Scale of the norm(s) between layer ``layer``'s MLP output and layer ``target``'s MLP input
@@ -45,7 +42,7 @@ def next_norm_scale(model: nn.Module, layer: int, target: int | None = None) -> 
         w = weight.detach().float()
         scale = w if scale is None else scale * w
 
-    path = _POST_LN_MLP_INPUT_NORM.get(spec.family)
+    path = spec.attn_norm  # post-LN: the LayerNorm inside a block that feeds its MLP (after attention)
     for k in range(layer, target + 1):
         if k > layer and path is not None:  # the attention-output LayerNorm of every later block
             times(attrgetter(path)(block(model, k)).weight)

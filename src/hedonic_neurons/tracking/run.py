@@ -21,16 +21,15 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hedonic_neurons.artifacts import (
     PARTITION_FORMAT,
     atomic_write_text,
-    load_partition,
+    partition_documents,
     provenance,
-    read_json,
     write_json,
 )
 from hedonic_neurons.errors import ConfigError, DataError, arg
@@ -43,6 +42,9 @@ from hedonic_neurons.tracking.transitions import (
     write_pair_table,
     write_transition_table,
 )
+
+if TYPE_CHECKING:
+    from hedonic_neurons.models.neuron_model import NeuronModel
 
 __all__ = [
     "FlowSpec",
@@ -136,23 +138,10 @@ def load_partition_dir(folder: str | os.PathLike) -> dict[int, tuple[Path, dict[
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder (expected a folder of partition JSON files)")
-    found: dict[int, tuple[Path, dict[str, Any]]] = {}
-    for path in sorted(folder.glob("*.json")):
-        doc = read_json(path)
-        if not isinstance(doc, dict) or doc.get("format") != PARTITION_FORMAT:
-            continue
-        doc = load_partition(path)
-        layer = doc.get("layer")
-        if not isinstance(layer, int):
-            raise DataError(f"{path}: the partition has no integer 'layer' field (needed to order layers)")
-        if layer in found:
-            raise DataError(
-                f"{path} and {found[layer][0]} are both partitions of layer {layer}; keep one per layer"
-            )
-        found[layer] = (path, doc)
+    found, _ = partition_documents(folder)
     if not found:
         raise DataError(f"{folder}: no partition files (JSON with format '{PARTITION_FORMAT}')")
-    return dict(sorted(found.items()))
+    return found
 
 
 def sample_pairs(pairs: Sequence[Any], max_pairs: int | None, seed: int) -> list[Any]:
@@ -163,11 +152,12 @@ def sample_pairs(pairs: Sequence[Any], max_pairs: int | None, seed: int) -> list
     return [pairs[i] for i in keep]
 
 
-def iter_batches(nm: Any, pairs: Sequence[Any], batch_size: int) -> Iterator[Mapping[str, Any]]:
-    """Encoded batches of (query, passage) pairs with the model's one input format."""
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        yield nm.encode([p.query for p in chunk], [p.passage for p in chunk])
+def iter_batches(nm: NeuronModel, pairs: Sequence[Any], batch_size: int) -> Iterator[Mapping[str, Any]]:
+    """Encoded batches of (query, passage) pairs (``Pair`` rows or plain tuples) with the model's
+    one input format: :func:`hedonic_neurons.synergy.api.iter_batches`, the one batching."""
+    from hedonic_neurons.synergy.api import iter_batches as batches
+
+    yield from batches(nm, pairs, batch_size)
 
 
 def layer_pairs(layers: Sequence[int], horizon: int = 1) -> list[tuple[int, int]]:
@@ -454,7 +444,9 @@ def track_and_write(
     return results, write_tracking(results, out_dir, method=method, meta=meta, bundle_dir=bundle_dir)
 
 
-def flow_spec(nm: Any, pairs: Sequence[Any], settings: TrackSettings, batch_size: int) -> FlowSpec | None:
+def flow_spec(
+    nm: NeuronModel, pairs: Sequence[Any], settings: TrackSettings, batch_size: int
+) -> FlowSpec | None:
     """The flow inputs for a loaded :class:`NeuronModel`: ``settings.flow_pairs`` of ``pairs``
     (a seeded sample), reference ablation when the model has reference weights, else zero."""
     if settings.flow_pairs == 0:
@@ -481,7 +473,7 @@ class TrackInputs:
 
 
 def track_inputs(
-    nm: Any,
+    nm: NeuronModel,
     pairs: Sequence[Any],
     layers: Sequence[int],
     settings: TrackSettings,
@@ -519,7 +511,7 @@ def track_inputs(
 
 
 def track_model(
-    nm: Any,
+    nm: NeuronModel,
     partitions: Mapping[int, Sequence[Sequence[int]]],
     inputs: TrackInputs,
     settings: TrackSettings,
@@ -548,7 +540,7 @@ def track_model(
 
 
 def track(
-    nm: Any,
+    nm: NeuronModel,
     partitions: Mapping[int, Any],
     pairs: Sequence[Any],
     *,
