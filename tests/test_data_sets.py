@@ -116,3 +116,15 @@ def test_top_per_query_keeps_file_order_and_first_stage_ndcg(shared_ir):
         rank[p.qid] = rank.get(p.qid, 0) + 1
         run.setdefault(p.qid, {})[p.pid] = -rank[p.qid]
     assert round(ndcg_at_10(run, ds.qrels), 4) == 0.5058
+
+
+def test_demo_corpus_is_the_same_inside_the_command_line():
+    """The demo corpus is built from live docstrings; the CLI's note printer replaces
+    warnings.showwarning, which must not change the corpus (hedonic run vs pipeline.run)."""
+    from hedonic_neurons import cli
+    from hedonic_neurons.data.demo import demo_corpus
+
+    outside = demo_corpus(seed=0).split_pairs("train")
+    with cli._notes_as_lines():
+        inside = demo_corpus(seed=0).split_pairs("train")
+    assert [(p.qid, p.pid) for p in inside] == [(p.qid, p.pid) for p in outside]

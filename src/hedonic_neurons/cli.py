@@ -10,6 +10,7 @@ option) becomes one line on stderr and exit code 2; a note
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from collections.abc import Iterator
@@ -74,6 +75,8 @@ def _notes_as_lines() -> Iterator[None]:
         warnings.simplefilter("always", HedonicNote)
         default = warnings.showwarning
 
+        # wraps: the replacement keeps showwarning's docstring, which the demo corpus reads
+        @functools.wraps(default)
         def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
             if issubclass(category, HedonicNote):
                 print(f"note: {message}", file=sys.stderr, flush=True)

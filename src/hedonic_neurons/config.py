@@ -265,6 +265,12 @@ class EvaluateConfig(_Strict):
     # (at the first analysed layer), shown on this many test inputs with their top-activating ones
     explorer_coalitions: int = Field(5, ge=0)  # 0: no explorer
     explorer_inputs: int = Field(64, ge=1)
+    # φ-data resampling: the training pairs φ was estimated on are cut into this many disjoint
+    # seeded subsets, φ is estimated on each and every hedonic partition re-solved on it; the run
+    # reports each hedonic partition's stability (ARI) and consensus coalitions, and each hedonic
+    # effects row gets an interval over (resample, query) beside the query-only one. 0: off;
+    # otherwise at least 3
+    phi_resamples: int = Field(3, ge=0)
 
     _seeds = field_validator("seeds")(classmethod(lambda cls, v: _unique(v)))
     _modes = field_validator("ablation_modes")(classmethod(lambda cls, v: _unique(v)))
@@ -277,6 +283,13 @@ class EvaluateConfig(_Strict):
         for name in _unique(v):
             if name not in EVALUATIONS:
                 raise ValueError(EVALUATIONS.unknown(name))
+        return v
+
+    @field_validator("phi_resamples")
+    @classmethod
+    def _resamples(cls, v: int) -> int:
+        if v in (1, 2):
+            raise ValueError(f"phi_resamples {v}: expected 0 (off) or at least 3 φ resamples")
         return v
 
     @field_validator("size_band")

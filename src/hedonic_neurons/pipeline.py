@@ -276,6 +276,144 @@ class Pipeline:
         ``phi`` section starts a new folder instead of clashing with the old files)."""
         return self.out / "phi" / metric / self._model_key("phi")[:10]
 
+    # -- φ-data resampling (evaluate.phi_resamples) ---------------------------------------------
+
+    def phi_inputs(self, metric: str) -> list[Any]:
+        """The training pairs φ of ``metric`` is estimated on: every training pair for a
+        streaming metric, else the first ``phi.max_inputs``."""
+        from hedonic_neurons.synergy.base import METRICS
+
+        if METRICS.get(metric).streaming or not self.cfg.phi.max_inputs:
+            return list(self.train)
+        return list(self.train)[: self.cfg.phi.max_inputs]
+
+    def resample_subsets(self, metric: str) -> list[np.ndarray]:
+        """The ``evaluate.phi_resamples`` disjoint subsets (indices into :meth:`phi_inputs`) that
+        φ of ``metric`` is re-estimated on, seeded by the run's ``seed``."""
+        from hedonic_neurons.evaluate.stability import split_inputs
+
+        n, parts = len(self.phi_inputs(metric)), self.cfg.evaluate.phi_resamples
+        if parts > n:
+            raise ConfigError(
+                f"evaluate.phi_resamples = {parts} needs at least {parts} training pairs to estimate "
+                f"{metric} φ on, got {n}; expected fewer resamples or more training pairs"
+            )
+        return split_inputs(n, parts, self.cfg.seed)
+
+    def phi_resample_dir(self, metric: str, r: int) -> Path:
+        """φ of ``metric`` estimated on resample ``r`` (named like :meth:`phi_dir`, and by R)."""
+        root = self.out / "resample" / "phi" / metric
+        return root / f"{self._model_key('phi')[:10]}-R{self.cfg.evaluate.phi_resamples}" / f"r{r}"
+
+    def stage_phi_resample(self) -> None:
+        """φ of every metric on each disjoint subset of :meth:`resample_subsets` (settings as in
+        :meth:`stage_phi`, the subset being all the inputs); each cached and resumable like φ
+        itself (:func:`~hedonic_neurons.synergy.collect`). The subsets are written to
+        ``subsets.json`` beside them."""
+        from hedonic_neurons.synergy.collect import CollectSettings, collect
+
+        cfg = self.cfg
+        for metric in cfg.phi.metrics:
+            pairs, subsets = self.phi_inputs(metric), self.resample_subsets(metric)
+            folder = self.phi_resample_dir(metric, 0).parent
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(
+                folder / "subsets.json",
+                {"n": len(pairs), "seed": cfg.seed, "subsets": [s.tolist() for s in subsets]},
+            )
+            settings = CollectSettings(
+                metric=metric,
+                mode=cfg.phi.pas_mode,
+                readout=cfg.phi.readout,
+                batch_size=cfg.phi.batch_size,
+                max_inputs=None,
+                seed=cfg.seed,
+                ablation="reference" if self.nm.has_reference else "zero",
+            )
+            for r, idx in enumerate(subsets):
+                _log(f"phi ({metric}) on resample {r + 1} of {len(subsets)} ({idx.size} pairs)")
+                desc = (
+                    f"{self.train_desc}; φ resample {r + 1} of {len(subsets)}: {idx.size} of the "
+                    f"{len(pairs)} pairs φ is estimated on (disjoint subsets, seed {cfg.seed})"
+                )
+                collect(
+                    self.nm, [pairs[int(i)] for i in idx], cfg.layers, settings,
+                    self.phi_resample_dir(metric, r), data=desc, progress=self.progress,
+                )  # fmt: skip
+
+    def phi_resampled(self, metric: str, r: int, layer: int, *, with_se: bool = False) -> Any:
+        """φ of ``metric`` at ``layer`` estimated on resample ``r`` (``with_se``: with its SE)."""
+        from hedonic_neurons.synergy.collect import phi_path
+
+        return load_phi(phi_path(self.phi_resample_dir(metric, r), layer), with_se=with_se)
+
+    def resample_partition_path(self, method: str, r: int, layer: int) -> Path:
+        key = f"{self._model_key('phi', 'game')[:10]}-R{self.cfg.evaluate.phi_resamples}"
+        return self.out / "resample" / "partitions" / key / method / f"r{r}" / f"layer{layer}.json"
+
+    def resampled_partitions(self, layer: int, r: int) -> dict[str, Any]:
+        """Every hedonic partition of ``layer`` re-solved on φ resample ``r`` with the game's
+        settings and seed ``evaluate.seeds[0]`` (written once, read back on a rerun):
+        ``{method: Partition}``."""
+        from hedonic_neurons.partition import LayerInputs
+
+        seed = self.cfg.evaluate.seeds[0]
+        got = partition_layer(
+            layer,
+            phi=lambda metric: self.phi_resampled(metric, r, layer),
+            phi_se=lambda metric: self.phi_resampled(metric, r, layer, with_se=True),
+            metrics=self.cfg.phi.metrics,
+            seeds=[seed],
+            game=self.cfg.game,
+            path=lambda method, seed: self.resample_partition_path(method, r, layer),
+            inputs=LayerInputs(n_neurons=self.nm.n_neurons),
+        )
+        return {method: part for (method, _), part in got.items()}
+
+    def resample_layer(self, layer: int, ctx: Any, config: Any, means: Any = None) -> dict[str, Any]:
+        """φ resampling at one layer, after its evaluation (``ctx``: its
+        :class:`~hedonic_neurons.evaluate.base.LayerContext`; ``config``: the evaluation's
+        settings, ablation modes included): every hedonic partition re-solved on each φ resample,
+        its stability and consensus groups (:func:`~hedonic_neurons.evaluate.resample.stability_rows`),
+        the coalitions the selection rule picks on each resample and their per-query normalised
+        RMS Δlogit on the test queries in every ablation mode
+        (:func:`~hedonic_neurons.evaluate.resample.resample_effects`)."""
+        from hedonic_neurons.evaluate.resample import resample_effects, resample_selection, stability_rows
+
+        cfg = self.cfg
+        seed, n = cfg.evaluate.seeds[0], cfg.evaluate.phi_resamples
+        hedonic = [hedonic_method(m) for m in cfg.phi.metrics]
+        phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
+        parts = [self.resampled_partitions(layer, r) for r in range(n)]
+        chosen = resample_selection(
+            [{m: p[m].coalitions for m in hedonic} for p in parts],
+            [self.phi_resampled(phi_metric, r, layer) for r in range(n)],
+            reference_method=self.reference_method,
+            config=config,
+            layer=layer,
+            seed=seed,
+        )
+        reference = self.nm.reference_mlp_weights(layer) if self.nm.has_reference else None
+        effects = {}
+        for mode in config.ablation_modes:
+            effects[mode] = resample_effects(
+                self.nm, layer, self.test, chosen, mode=mode, task=cfg.task, y_test=ctx.y, sd=ctx.sd,
+                reference=reference if mode == "reference" else None,
+                means=means if mode == "mean" else None, batch_size=cfg.phi.batch_size,
+            )  # fmt: skip
+        rows, consensus = stability_rows(
+            {m: [p[m].labels for p in parts] for m in hedonic},
+            {m: self.partition(m, seed, layer).labels for m in hedonic},
+            layer,
+        )
+        return {
+            "layer": layer,
+            "stability": rows,
+            "consensus": consensus,
+            "chosen": chosen,
+            "effects": {mode: {m: e.tolist() for m, e in by.items()} for mode, by in effects.items()},
+        }
+
     def stage_activations(self) -> None:
         """Mean-pooled activations of the train/test pairs and E|a| per layer (float32 .npy)."""
         from hedonic_neurons.neurons import record
@@ -450,6 +588,9 @@ class Pipeline:
             ev_cfg = ev.model_copy(update={"ablation_modes": modes})
         new_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ev.evaluations}
         design: list[dict[str, Any]] = []
+        resampled: list[dict[str, Any]] = []  # φ-data resampling (evaluate.phi_resamples), per layer
+        if ev.phi_resamples:
+            self.stage_phi_resample()
         bar = tqdm(  # ablation passes over the test pairs dominate: count pairs, layer by layer
             total=len(cfg.layers) * len(self.test) * (1 + len(modes)),
             desc="evaluate",
@@ -504,6 +645,18 @@ class Pipeline:
             )
             for name, got in results.items():
                 new_rows[name].extend(got)
+            if ev.phi_resamples:  # φ-data resampling: re-solve, re-select, re-measure (evaluate/resample.py)
+                from hedonic_neurons.evaluate.resample import attach_phi_intervals
+
+                _log(f"φ resampling of layer {layer}: {ev.phi_resamples} re-solved partitions per method")
+                got = self.resample_layer(layer, ctx, ev_cfg, a_train.mean(0) if "mean" in modes else None)
+                got["effects_rms_phi"] = {}
+                for mode, by in got["effects"].items():
+                    got["effects_rms_phi"][mode] = attach_phi_intervals(
+                        new_rows.get("effects", []), layer, mode, {m: np.asarray(e) for m, e in by.items()},
+                        n_boot=ev.bootstrap, seed=4000 + layer,
+                    )  # fmt: skip
+                resampled.append(got)
             out0 = next(iter(ctx.outputs.values()))
             design.append(
                 {
@@ -526,6 +679,17 @@ class Pipeline:
             "design": design,
             "ablation_modes": modes,
         }
+        if ev.phi_resamples:  # φ-data resampling: stability, consensus, per-resample effects
+            from hedonic_neurons.evaluate.resample import CONSENSUS_THRESHOLD
+
+            self.evaluation["phi_resampling"] = {
+                "resamples": ev.phi_resamples,
+                "seed": cfg.seed,
+                "consensus_threshold": CONSENSUS_THRESHOLD,
+                "subset_sizes": {m: [int(s.size) for s in self.resample_subsets(m)] for m in cfg.phi.metrics},
+                "layers": resampled,
+            }
+            write_json(self.out / "resample" / "stability.json", self.evaluation["phi_resampling"])
         write_json(path, self.evaluation)
         stage.finish()
 
@@ -574,6 +738,12 @@ class Pipeline:
             notes.append(
                 "Hedonic partitions come from exact Top Covering, which is deterministic: their intervals "
                 "are zero except where a figure itself samples (the certificate)."
+                + (  # φ-data resampling (evaluate.phi_resamples)
+                    " The ablation effects' rms_phi column adds the variance of re-solving on "
+                    f"{cfg.evaluate.phi_resamples} disjoint subsets of the φ data."
+                    if cfg.evaluate.phi_resamples
+                    else ""
+                )
             )
         notes.append(
             f"Every figure is the mean over seeds {cfg.evaluate.seeds} of the mean over layers {cfg.layers} and the "
@@ -596,6 +766,13 @@ class Pipeline:
             summary.extend(evaluation.summary(got))
         design = self.evaluation.get("design", [])
         summary.extend(design_sentences(design, cfg.evaluate, self.reference_method))
+        resampling = self.evaluation.get("phi_resampling")  # φ-data resampling (evaluate.phi_resamples)
+        if resampling:
+            from hedonic_neurons.evaluate.resample import STABILITY_TABLE, stability_sentences
+
+            stab_rows = [r for d in resampling["layers"] for r in d["stability"]]
+            tables[STABILITY_TABLE] = stab_rows
+            summary.extend(stability_sentences(stab_rows, resampling["consensus_threshold"]))
         results = {
             "title": f"hedonic-neurons: {cfg.name}",
             "banner": banner,

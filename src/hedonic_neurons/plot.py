@@ -1,7 +1,8 @@
-"""Figures for notebooks and reports: φ heat map, coalition sizes, ablation comparison, Sankey.
+"""Figures for notebooks and reports: φ heat map, coalition sizes, ablation comparison, Sankey,
+φ calibration against the full-model Δ_ij.
 
-Each function returns a figure that renders inline in a notebook: a matplotlib ``Figure`` (the
-first three) or a plotly ``Figure`` (:func:`sankey`). Matplotlib is imported lazily; text is at
+Each function returns a figure that renders inline in a notebook: a matplotlib ``Figure`` (all
+but one) or a plotly ``Figure`` (:func:`sankey`). Matplotlib is imported lazily; text is at
 least 10 pt, so a figure saved at the default 110 dpi and shown at its natural width has text of
 at least 15 px. Save with ``fig.savefig(path, dpi=110)`` / ``fig.write_html(path)``.
 """
@@ -15,7 +16,15 @@ import numpy as np
 
 from hedonic_neurons.errors import DataError
 
-__all__ = ["DPI", "ablation_comparison", "partition_order", "phi_heatmap", "sankey", "size_distribution"]
+__all__ = [
+    "DPI",
+    "ablation_comparison",
+    "partition_order",
+    "phi_calibration",
+    "phi_heatmap",
+    "sankey",
+    "size_distribution",
+]
 
 DPI = 110
 """Resolution the report saves figures at."""
@@ -156,3 +165,63 @@ def sankey(transitions: Sequence[Any], *, title: str | None = None):
     from hedonic_neurons.report.sankey import sankey_figure
 
     return sankey_figure(transitions, title=title)
+
+
+def phi_calibration(rows_or_arrays: Any, *, title: str | None = None):
+    """φ against the full-model Δ_ij it estimates: one point per neuron pair (Δ on x, φ on y), the
+    identity line (dashed) and the least-squares line of φ on Δ. ``rows_or_arrays``: the rows of
+    the ``phi_validity`` evaluation (those with ``delta`` and ``phi``; one colour per layer) or
+    two equal-length arrays ``(delta, phi)``."""
+    from scipy import stats
+
+    if isinstance(rows_or_arrays, (Mapping, str)):
+        raise DataError("expected phi_validity rows or two arrays (delta, phi), got one mapping")
+    items = list(rows_or_arrays)
+    if items and all(isinstance(r, Mapping) for r in items):
+        kept = [r for r in items if r.get("delta") is not None and r.get("phi") is not None]
+        groups: dict[Any, list[Mapping[str, Any]]] = {}
+        for r in kept:
+            groups.setdefault(r.get("layer"), []).append(r)
+        series = {
+            key: (np.array([float(r["delta"]) for r in g]), np.array([float(r["phi"]) for r in g]))
+            for key, g in groups.items()
+        }
+    elif len(items) == 2 and not any(isinstance(r, Mapping) for r in items):
+        delta, phi = (np.asarray(v, dtype=np.float64).ravel() for v in items)
+        if delta.shape != phi.shape:
+            raise DataError(f"delta and phi must have equal length, got {delta.size} and {phi.size}")
+        series = {None: (delta, phi)}
+    else:
+        raise DataError("expected phi_validity rows (dicts with delta and phi) or two arrays (delta, phi)")
+    x = np.concatenate([d for d, _ in series.values()]) if series else np.zeros(0)
+    y = np.concatenate([p for _, p in series.values()]) if series else np.zeros(0)
+    if x.size == 0:
+        raise DataError("no (delta, phi) points to plot")
+    fig = _figure(5.6, 5.0)
+    ax = fig.add_subplot()
+    for k, (key, (d, p)) in enumerate(series.items()):
+        label = None if key is None else f"layer {key} ({d.size} pairs)"
+        ax.scatter(d, p, s=16, color=f"C{k}", alpha=0.8, label=label)
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], ls="--", color="black", lw=0.8, label="identity (φ = Δ)")
+    if x.size >= 2 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        xs = np.array([float(x.min()), float(x.max())])
+        ax.plot(
+            xs, slope * xs + intercept, color="C3", lw=1.2, label=f"fit: φ = {slope:.3g} Δ + {intercept:.2g}"
+        )
+    varied = x.size >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
+    rho = float(stats.spearmanr(x, y).statistic) if varied else float("nan")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("full-model Δ_ij (mean over test inputs)", fontsize=FONT)
+    ax.set_ylabel("φ", fontsize=FONT)
+    ax.tick_params(labelsize=FONT)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.get_offset_text().set_fontsize(FONT)
+    ax.legend(fontsize=FONT)
+    ax.set_title(
+        title or f"φ against the full-model Δ_ij (Spearman {rho:.2f}, {x.size} pairs)", fontsize=FONT + 1
+    )
+    fig.tight_layout()
+    return fig

@@ -55,7 +55,9 @@ class Evaluation(ABC):
 
 
 EVALUATIONS: Registry[type[Evaluation]] = Registry(
-    "evaluation", base=Evaluation, defaults=("hedonic_neurons.evaluate.builtin",)
+    "evaluation",
+    base=Evaluation,
+    defaults=("hedonic_neurons.evaluate.builtin", "hedonic_neurons.evaluate.validity"),
 )
 
 
@@ -108,6 +110,12 @@ class LayerContext:
     notes: list[str] = field(default_factory=list)
     #: seconds (``null``, ``rest``, ``attribution``) and sequences forwarded (``null_rows``, ``rest_rows``)
     timing: dict[str, float] = field(default_factory=dict)
+    #: the layer's reference MLP weights and the neurons' mean activations as the evaluation was
+    #: given them (None: the model's own reference weights / no means); ``phi_source``: what φ is,
+    #: in words (e.g. "local-readout PAS"; "" when unknown)
+    reference: Any = None
+    means: Any = None
+    phi_source: str = ""
 
     @property
     def modes(self) -> list[str]:

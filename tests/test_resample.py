@@ -1,0 +1,272 @@
+"""φ-data resampling in ``hedonic run`` (evaluate.phi_resamples): disjoint φ subsets, re-solved
+partitions, their stability, and effect intervals over (resample, query)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from sklearn.metrics import adjusted_rand_score
+
+from hedonic_neurons.artifacts import load_phi
+from hedonic_neurons.config import EvaluateConfig, load_config
+from hedonic_neurons.errors import ConfigError, HedonicError
+from hedonic_neurons.evaluate.stability import two_level_interval
+from hedonic_neurons.partition import Partition
+from hedonic_neurons.pipeline import Pipeline
+from hedonic_neurons.synergy.collect import CollectSettings, collect, phi_path
+from test_pipeline import tiny_run_config
+
+R = 3
+TIMING = ("null", "rest", "attribution")  # wall-clock seconds in the evaluation's design records
+
+
+def _config(tmp: Path, resamples: int) -> Path:
+    path = tiny_run_config(tmp)
+    doc = yaml.safe_load(path.read_text())
+    doc["baselines"] = ["random"]
+    doc["layers"] = [2]  # one layer: nothing to track, half the passes
+    doc["evaluate"].update(
+        null_pairs=8, synergy_pairs=4, explorer_coalitions=0, bootstrap=200, phi_resamples=resamples
+    )
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _run(tmp: Path, resamples: int) -> Pipeline:
+    run = Pipeline(load_config(_config(tmp, resamples)), tmp / "out", progress=False)
+    run.run()
+    return run
+
+
+@pytest.fixture(scope="module")
+def resampled(tmp_path_factory) -> Pipeline:
+    return _run(tmp_path_factory.mktemp("r3"), R)
+
+
+@pytest.fixture(scope="module")
+def plain(resampled, tmp_path_factory) -> Pipeline:
+    """The same run with phi_resamples 0, resumed from a copy of the resampled run's folder
+    (φ and activations are reused; every stage keyed by the evaluate section reruns)."""
+    tmp = tmp_path_factory.mktemp("r0")
+    shutil.copytree(resampled.out, tmp / "out")
+    shutil.rmtree(tmp / "out" / "resample")
+    cfg = resampled.cfg.model_copy(
+        update={"evaluate": resampled.cfg.evaluate.model_copy(update={"phi_resamples": 0})}
+    )
+    run = Pipeline(cfg, tmp / "out", progress=False)
+    run.run()
+    return run
+
+
+def _evaluation(run: Pipeline) -> dict:
+    return json.loads((run.out / "evaluation.json").read_text())
+
+
+def _phi_files(run: Pipeline) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sorted((run.out / "resample" / "phi").rglob("*.safetensors"))}
+
+
+def test_resampled_phi_is_estimated_on_disjoint_subsets(resampled):
+    run = resampled
+    for metric in run.cfg.phi.metrics:
+        pairs = run.phi_inputs(metric)
+        doc = json.loads((run.phi_resample_dir(metric, 0).parent / "subsets.json").read_text())
+        subsets = [np.asarray(s) for s in doc["subsets"]]
+        assert len(subsets) == R and doc["n"] == len(pairs)
+        joined = np.concatenate(subsets)
+        assert np.array_equal(np.sort(joined), np.arange(len(pairs)))  # disjoint, and every input once
+        for layer in run.cfg.layers:
+            counts = [
+                json.loads(phi_path(run.phi_resample_dir(metric, r), layer).with_suffix(".json").read_text())[
+                    "data"
+                ]["pairs"]
+                for r in range(R)
+            ]
+            assert counts == [s.size for s in subsets] and sum(counts) == len(pairs)
+        # φ of a subset is collect on that subset directly
+        r, layer = 1, run.cfg.layers[-1]
+        settings = CollectSettings(
+            metric=metric,
+            mode=run.cfg.phi.pas_mode,
+            readout=run.cfg.phi.readout,
+            batch_size=run.cfg.phi.batch_size,
+            seed=run.cfg.seed,
+            ablation="reference",
+        )
+        direct = run.out.parent / f"direct-{metric}"
+        collect(run.nm, [pairs[int(i)] for i in subsets[r]], [layer], settings, direct, progress=False)
+        want, want_se = load_phi(phi_path(direct, layer), with_se=True)
+        got, got_se = run.phi_resampled(metric, r, layer, with_se=True)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(got_se, want_se, rtol=1e-6, atol=1e-9)
+        assert not np.allclose(got, run.phi(metric, layer))  # a different φ from the full-data one
+
+
+def test_stability_is_sklearn_ari_of_the_written_partitions(resampled):
+    run = resampled
+    doc = _evaluation(run)["phi_resampling"]
+    written = json.loads((run.out / "resample" / "stability.json").read_text())
+    assert written == doc
+    seed = run.cfg.evaluate.seeds[0]
+    for entry in doc["layers"]:
+        layer = entry["layer"]
+        assert [r["method"] for r in entry["stability"]] == ["hedonic-oca", "hedonic-pas"]
+        for row in entry["stability"]:
+            method = row["method"]
+            labels = [Partition.load(run.resample_partition_path(method, r, layer)).labels for r in range(R)]
+            full = Partition.load(run.partition_path(method, seed, layer)).labels
+            pairwise = [adjusted_rand_score(a, b) for a, b in combinations(labels, 2)]
+            vs_full = [adjusted_rand_score(full, lab) for lab in labels]
+            assert row["ari_mean"] == pytest.approx(np.mean(pairwise))
+            assert row["ari_min"] == pytest.approx(min(pairwise))
+            assert row["ari_max"] == pytest.approx(max(pairwise))
+            assert row["ari_full_mean"] == pytest.approx(np.mean(vs_full))
+            assert row["ari_full_min"] == pytest.approx(min(vs_full))
+            # consensus at 80% of 3 resamples: same coalition in all three, i.e. equal label triples
+            by_triple: dict[tuple, list[int]] = {}
+            for i, triple in enumerate(zip(*labels)):
+                by_triple.setdefault(triple, []).append(i)
+            want = sorted(sorted(g) for g in by_triple.values() if len(g) >= 2)
+            assert sorted(entry["consensus"][method]) == want
+            assert row["consensus_groups"] == len(want)
+            assert row["consensus_neurons"] == sum(len(g) for g in want)
+    results = json.loads((run.out / "results.json").read_text())
+    table = results["evaluation_tables"]["Partition stability under φ resampling"]
+    assert table == [r for entry in doc["layers"] for r in entry["stability"]]
+    assert any("under φ resampling" in s and "ARI" in s for s in results["summary"])
+
+
+def test_effect_interval_is_two_level_over_the_stored_effects(resampled):
+    from hedonic_neurons.evaluate.measures import query_index
+    from hedonic_neurons.evaluate.ood import ablated_outputs
+    from hedonic_neurons.evaluate.select import select_coalitions
+
+    run = resampled
+    ev = run.cfg.evaluate
+    doc = _evaluation(run)
+    rows = doc["evaluations"]["effects"]
+    hedonic_rows = [r for r in rows if r["method"].startswith("hedonic")]
+    assert hedonic_rows and all("rms_phi" in r for r in hedonic_rows)
+    assert not any("rms_phi" in r for r in rows if not r["method"].startswith("hedonic"))
+    for entry in doc["phi_resampling"]["layers"]:
+        layer = entry["layer"]
+        for method, table in entry["effects"]["reference"].items():
+            table = np.asarray(table)
+            assert table.shape == (R, doc["design"][0]["test_queries"])
+            want = two_level_interval(table, n_boot=ev.bootstrap, seed=4000 + layer)
+            row = next(
+                r for r in rows if (r["layer"], r["method"], r["mode"]) == (layer, method, "reference")
+            )
+            assert row["rms_phi"] == {k: pytest.approx(want[k]) for k in ("mean", "low", "high")}
+            assert row["rms_phi_resamples"] == R
+            assert want["low"] < want["mean"] < want["high"]
+        # the reference method's coalitions on each resample: the selection rule on that resample's φ
+        for r in range(R):
+            part = Partition.load(run.resample_partition_path("hedonic-pas", r, layer))
+            phi_r = run.phi_resampled("pas", r, layer)
+            picked = select_coalitions(
+                part.coalitions, phi_r, rule=ev.selection, k=ev.top_k, band=tuple(ev.size_band)
+            )
+            assert entry["chosen"][r]["hedonic-pas"] == picked
+        # brute force: the per-query RMS Δlogit of resample 0's hedonic-pas coalitions
+        chosen = entry["chosen"][0]["hedonic-pas"]
+        base, ablated = ablated_outputs(run.nm, run.test, layer, chosen, batch_size=4)
+        groups, names = query_index([p.qid for p in run.test])
+        sd = np.std(base.astype(np.float64))
+        per_q = np.array(
+            [
+                [np.sqrt(np.mean((a[groups == g] - base[groups == g]) ** 2)) / sd for g in range(len(names))]
+                for a in ablated.astype(np.float64)
+            ]
+        ).mean(0)
+        stored = np.asarray(entry["effects"]["reference"]["hedonic-pas"])[0]
+        np.testing.assert_allclose(stored, per_q, rtol=1e-3)
+
+
+def _without_resampling(doc: dict) -> dict:
+    doc = json.loads(json.dumps(doc))
+    doc.pop("phi_resampling", None)
+    for row in doc["evaluations"].get("effects", []):
+        row.pop("rms_phi", None)
+        row.pop("rms_phi_resamples", None)
+    for d in doc["design"]:
+        for key in TIMING:
+            d.pop(key, None)
+    return doc
+
+
+def test_zero_resamples_changes_nothing(resampled, plain):
+    off, on = _evaluation(plain), _evaluation(resampled)
+    assert "phi_resampling" not in off
+    assert not any("rms_phi" in r for rows in off["evaluations"].values() for r in rows)
+    assert not (plain.out / "resample").exists()
+    assert _without_resampling(on) == _without_resampling(off)
+    assert _without_resampling(on) != on  # the resampled run did add its figures
+    results = json.loads((plain.out / "results.json").read_text())
+    assert "Partition stability under φ resampling" not in results["evaluation_tables"]
+
+
+def test_killed_run_reuses_the_cached_resample_phi(resampled, tmp_path, monkeypatch):
+    from hedonic_neurons.synergy import collect as collect_module
+
+    folder = tmp_path / "out"
+    shutil.copytree(resampled.out, folder)
+    for name in ("evaluation", "resample", "explorer"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    (folder / "evaluation.json").unlink()
+    run = Pipeline(resampled.cfg, folder, progress=False)
+    real, calls = collect_module.collect, []
+
+    class Killed(Exception):
+        pass
+
+    def killing_collect(*args, **kwargs):
+        if "resample" in Path(args[4]).parts:
+            calls.append(args[4])
+        if len(calls) > R:  # the first φ resample of the second metric: killed before it starts
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect_module, "collect", killing_collect)
+    with pytest.raises(Killed):
+        run.run()
+    monkeypatch.undo()
+    before = _phi_files(run)
+    first = run.cfg.phi.metrics[0]
+    assert len(before) == R * len(run.cfg.layers)
+    assert all(path.is_relative_to(folder / "resample" / "phi" / first) for path in before)
+    assert not (folder / "evaluation.json").exists()
+    Pipeline(resampled.cfg, folder, progress=False).run()
+    after = _phi_files(run)
+    assert {p: after[p] for p in before} == before  # not one finished φ resample rewritten
+    assert len(after) == R * len(run.cfg.phi.metrics) * len(run.cfg.layers)
+    assert _without_resampling(_evaluation(run)) == _without_resampling(_evaluation(resampled))
+    assert _evaluation(run)["phi_resampling"] == _evaluation(resampled)["phi_resampling"]
+
+
+def test_resample_count_is_checked():
+    assert EvaluateConfig().phi_resamples == 3
+    assert EvaluateConfig(phi_resamples=0).phi_resamples == 0
+    for bad in (1, 2, -1):
+        with pytest.raises(Exception, match="phi_resamples"):
+            EvaluateConfig(phi_resamples=bad)
+
+
+def test_more_resamples_than_phi_inputs_is_one_error(resampled):
+    run = Pipeline(
+        resampled.cfg.model_copy(
+            update={"evaluate": resampled.cfg.evaluate.model_copy(update={"phi_resamples": 1000})}
+        ),
+        resampled.out.parent / "unused",
+        progress=False,
+    )
+    run.train = resampled.train
+    with pytest.raises(ConfigError, match="phi_resamples = 1000 needs at least 1000") as err:
+        run.resample_subsets("oca")
+    assert isinstance(err.value, HedonicError)
