@@ -27,6 +27,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # plain click help: rich's help panels print a type after every option ("--quiet <bool>")
+    rich_markup_mode=None,
 )
 
 
