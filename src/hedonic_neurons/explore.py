@@ -248,22 +248,24 @@ def mean_pairwise_phi(phi: np.ndarray, members: Sequence[int]) -> float | None:
 
 
 def _batches(nm: NeuronModel, plain: list[str] | None, queries, passages, batch_size: int):
-    count = len(plain) if plain is not None else len(queries)
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        if plain is not None:
-            batch = nm.tokenizer(
-                plain[start:stop],
-                padding=True,
-                truncation=True,
-                max_length=nm.input_format.max_length,
-                padding_side=nm.input_format.padding_side,
-                return_tensors="pt",
-            )
-            batch = {k: v.to(nm.device) for k, v in batch.items()}
-        else:
-            batch = nm.encode(queries[start:stop], passages[start:stop])
-        yield start, dict(batch)
+    """``(index of the first input, encoded batch)`` per ``batch_size`` inputs: the texts
+    ``plain`` tokenised as they are, or the (query, passage) pairs by :func:`pair_batches`."""
+    from hedonic_neurons.models.neuron_model import pair_batches
+
+    if plain is None:
+        for b, (_, batch) in enumerate(pair_batches(nm, zip(queries, passages), batch_size)):
+            yield b * batch_size, dict(batch)
+        return
+    for start in range(0, len(plain), batch_size):
+        batch = nm.tokenizer(
+            plain[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=nm.input_format.max_length,
+            padding_side=nm.input_format.padding_side,
+            return_tensors="pt",
+        )
+        yield start, {k: v.to(nm.device) for k, v in batch.items()}
 
 
 @dataclass

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hedonic_neurons.errors import ConfigError, arg
+from hedonic_neurons.errors import ConfigError, HedonicNote, arg
 
 if TYPE_CHECKING:  # torch, scikit-learn: keep `hedonic --help` fast
     from hedonic_neurons.data import Pair
@@ -40,7 +41,9 @@ def load_for_finetune(
 
     default = InputFormat()
     fmt = replace(default, max_length=max_length or default.max_length, template=template or default.template)
-    nm = load_model(name_or_path, head="classification", input_format=fmt)
+    with warnings.catch_warnings():  # the head is initialised at random on purpose: it is trained next
+        warnings.filterwarnings("ignore", message=".*initialised at random", category=HedonicNote)
+        nm = load_model(name_or_path, head="classification", input_format=fmt)
     return nm.model, nm.encode, nm.input_format.to_dict(), dict(nm.identity)
 
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from hedonic_neurons.errors import ConfigError, HedonicNote, ModelError, arg
+from hedonic_neurons.errors import ConfigError, DataError, HedonicNote, ModelError, arg
 from hedonic_neurons.models import adapters
 from hedonic_neurons.models.adapters import ArchSpec, MLPWeights
 from hedonic_neurons.models.inputs import InputFormat
@@ -230,6 +230,13 @@ class NeuronModel:
         batch = self.input_format.encode(self.tokenizer, queries, passages)
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def batches(
+        self, pairs: Iterable[Any], batch_size: int, *, input_format: InputFormat | None = None
+    ) -> Iterator[tuple[list[Any], dict[str, torch.Tensor]]]:
+        """``(chunk, encoded batch)`` for consecutive chunks of ``batch_size`` (query, passage)
+        pairs, in order, the last chunk possibly shorter; see :func:`pair_batches`."""
+        return pair_batches(self, pairs, batch_size, input_format=input_format)
+
     def weight_change(self, layers: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """Per layer, Frobenius norms of (fine-tuned - reference) MLP weights, absolute and relative.
 
@@ -279,6 +286,65 @@ class NeuronModel:
             f"NeuronModel({self.identity['model']!r}, {self.spec.family}, {self.n_layers} layers x "
             f"{self.n_neurons} neurons, head={self.head}, adapter={self.identity['adapter']!r})"
         )
+
+
+# ---------------------------------------------------------------------------- batches of pairs
+
+_PAIR = "a Pair (with query and passage attributes) or a (query, passage) tuple of two strings"
+
+
+def as_pair(item: Any) -> tuple[str, str] | None:
+    """``(query, passage)`` of one pair: an object with ``query`` and ``passage`` attributes
+    (:class:`~hedonic_neurons.data.loaders.Pair`; the values as strings) or a tuple or list of
+    two strings; None for anything else."""
+    if hasattr(item, "query") and hasattr(item, "passage"):
+        return str(item.query), str(item.passage)
+    if isinstance(item, tuple | list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        return item[0], item[1]
+    return None
+
+
+def encode_pairs(
+    nm: Any, pairs: Sequence[Any], *, input_format: InputFormat | None = None, start: int = 0
+) -> dict[str, torch.Tensor]:
+    """Model inputs for ``pairs`` (each as :func:`as_pair` takes it) on ``nm``'s device: ``nm.encode``
+    of the queries and passages, or ``input_format`` (a different length, say) applied with
+    ``nm``'s tokenizer. ``start``: the index of ``pairs[0]`` in the caller's data, for the
+    message a non-pair item gets (a :class:`DataError` naming ``pairs``)."""
+    texts = []
+    for index, item in enumerate(pairs, start):
+        pair = as_pair(item)
+        if pair is None:
+            raise DataError(f"{arg('pairs')}: item {index} is a {type(item).__name__}; expected {_PAIR}")
+        texts.append(pair)
+    queries, passages = [q for q, _ in texts], [p for _, p in texts]
+    if input_format is None:
+        return nm.encode(queries, passages)
+    batch = input_format.encode(nm.tokenizer, queries, passages)
+    return {k: v.to(nm.device) for k, v in batch.items()}
+
+
+def pair_batches(
+    nm: Any, pairs: Iterable[Any], batch_size: int, *, input_format: InputFormat | None = None
+) -> Iterator[tuple[list[Any], dict[str, torch.Tensor]]]:
+    """The one batching of (query, passage) pairs: ``(chunk, encoded batch)`` for consecutive
+    chunks of ``batch_size`` items of ``pairs`` (an iterable, read lazily), in order, the last
+    chunk possibly shorter; each chunk encoded by :func:`encode_pairs` (``nm.encode``, or
+    ``input_format`` with ``nm``'s tokenizer). ``nm``: a :class:`NeuronModel` or any object with
+    ``encode(queries, passages)`` and ``device``. A :class:`DataError` naming ``pairs`` for an item
+    that is not a pair, a :class:`ConfigError` naming ``batch_size`` for a size below 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"{passed('batch_size', batch_size)}: expected a positive integer")
+    chunk: list[Any] = []
+    start = 0
+    for item in pairs:
+        chunk.append(item)
+        if len(chunk) == batch_size:
+            yield chunk, encode_pairs(nm, chunk, input_format=input_format, start=start)
+            start += batch_size
+            chunk = []
+    if chunk:
+        yield chunk, encode_pairs(nm, chunk, input_format=input_format, start=start)
 
 
 # ---------------------------------------------------------------------------- heads, tokens

@@ -89,7 +89,17 @@ import torch
 from torch import nn
 
 from hedonic_neurons.errors import ConfigError, DataError, ModelError, arg
+from hedonic_neurons.models.adapters import MLPWeights, linear_weight, mlp_modules, mlp_weights
+from hedonic_neurons.models.neuron_model import pair_batches
 from hedonic_neurons.models.reference import Reference
+from hedonic_neurons.neurons.readout import site_hooks
+from hedonic_neurons.neurons.recording import (
+    StopForward,
+    hooks,
+    model_inputs,
+    readout_positions,
+    run_forward,
+)
 
 if TYPE_CHECKING:
     from hedonic_neurons.models.neuron_model import NeuronModel
@@ -294,10 +304,6 @@ def _flags(mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 def _capture_layer(nm: NeuronModel, batches: list[dict[str, torch.Tensor]], layer: int) -> _Tokens:
     """MLP input and residual at ``layer`` over the non-pad tokens (the forward stops there)."""
-    from hedonic_neurons.models.adapters import mlp_modules
-    from hedonic_neurons.neurons.readout import site_hooks
-    from hedonic_neurons.neurons.recording import hooks, model_inputs, readout_positions, run_forward
-
     model = nm.model
     up = mlp_modules(model, layer).up
     xs, rs, ro, x_ro = [], [], [], []
@@ -329,9 +335,6 @@ def _gradients(
     """Mean gradient of the model's logit with respect to the residual after ``layer`` and after
     ``layer + 1`` at the readout token, over the first ``limit`` inputs; the mean cosine of the
     per-input gradients with their mean; the logits."""
-    from hedonic_neurons.models.adapters import mlp_modules
-    from hedonic_neurons.neurons.recording import hooks, model_inputs, readout_positions, run_forward
-
     model = nm.model
     downs = (mlp_modules(model, layer).down, mlp_modules(model, layer + 1).down)
     grads: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
@@ -373,15 +376,6 @@ def _capture_next(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(activations of ``members`` at ``layer``, MLP input at ``layer + 1``, readout flags) over
     the non-pad tokens (the forward stops at the MLP of ``layer + 1``)."""
-    from hedonic_neurons.models.adapters import mlp_modules
-    from hedonic_neurons.neurons.recording import (
-        StopForward,
-        hooks,
-        model_inputs,
-        readout_positions,
-        run_forward,
-    )
-
     model = nm.model
     here, nxt = mlp_modules(model, layer), mlp_modules(model, layer + 1)
     idx = torch.as_tensor(members, dtype=torch.long)
@@ -477,8 +471,6 @@ def _probe_directions(
 
 
 def _uses_layernorm(nm: NeuronModel, layer: int) -> bool:
-    from hedonic_neurons.models.adapters import mlp_modules
-
     mods = mlp_modules(nm.model, layer)
     norm = mods.post_norm if mods.post_norm is not None else mods.mlp_norm
     return isinstance(norm, nn.LayerNorm)
@@ -621,8 +613,6 @@ class _Unit:
 
 def _set_unit(mods: Any, neuron: int, unit: _Unit) -> None:
     """Weight surgery: neuron ``neuron`` of the MLP ``mods`` computes ``unit``."""
-    from hedonic_neurons.models.adapters import linear_weight
-
     conv = mods.spec.conv1d
     ref = mods.down.weight
     row, bias, up_row = unit.linear()
@@ -693,15 +683,6 @@ def _write_images(
     Random-sign probing: every input gets ``±scale`` along every direction at once (Rademacher
     signs S, (B, P)); the difference of the + and − passes, regressed on S, gives each
     direction's image averaged over the inputs (even-order terms cancel)."""
-    from hedonic_neurons.models.adapters import mlp_modules
-    from hedonic_neurons.neurons.recording import (
-        StopForward,
-        hooks,
-        model_inputs,
-        readout_positions,
-        run_forward,
-    )
-
     model = nm.model
     here, nxt = mlp_modules(model, layer), mlp_modules(model, layer + 1)
     n_inputs = sum(int(b["attention_mask"].shape[0]) for b in batches)
@@ -805,8 +786,6 @@ def _check_against(nm: NeuronModel, spec: PlantSpec) -> int:
         raise ModelError(
             f"{len(sizes)} groups need {len(sizes)} readers, but layer {layer + 1} has {n} neurons"
         )
-    from hedonic_neurons.models.adapters import mlp_modules
-
     for at in (layer, layer + 1):
         mods = mlp_modules(nm.model, at)
         if mods.gate is None and mods.up.bias is None:
@@ -821,13 +800,9 @@ class _Unplanted(Reference):
     they were before planting (fp32 copies), every other layer's current weights."""
 
     def __init__(self, model: nn.Module, layers: Sequence[int]) -> None:
-        from hedonic_neurons.models.adapters import mlp_weights
-
         self.weights = {int(at): _copy_weights(mlp_weights(model, at), torch.float32) for at in layers}
 
     def mlp_weights(self, nm: NeuronModel, layer: int) -> Any:
-        from hedonic_neurons.models.adapters import MLPWeights
-
         w = self.weights.get(int(layer))
         if w is None:
             w = _copy_weights(nm.mlp_weights(layer), torch.float32)
@@ -873,8 +848,6 @@ def plant_model(
     ``tokenizer``, ``input_format``, ``n_layers``, ``n_neurons``, ``score_token_id``), float32.
     ``calibration_pairs`` build the construction; ``verify_pairs`` (held out) measure Δ.
     """
-    from hedonic_neurons.models.adapters import mlp_modules, mlp_weights
-
     spec.check()
     layer = _check_against(nm, spec)
     rng = np.random.default_rng(spec.seed)
@@ -1102,8 +1075,6 @@ def plant_model(
 
 
 def _copy_weights(w: Any, dtype: torch.dtype | None = None) -> Any:
-    from hedonic_neurons.models.adapters import MLPWeights
-
     def c(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.detach().to(dtype=dtype or t.dtype, copy=True)
 
@@ -1124,13 +1095,8 @@ def _batches(
     """Encoded batches (pairs sorted by length, so little padding) on the model's device, and the
     order of the pairs in them."""
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].query) + len(pairs[i].passage))
-    device = next(nm.model.parameters()).device
-    out = []
-    for s in range(0, len(order), batch_size):
-        chunk = [pairs[i] for i in order[s : s + batch_size]]
-        enc = fmt.encode(nm.tokenizer, [p.query for p in chunk], [p.passage for p in chunk])
-        out.append({k: v.to(device) for k, v in enc.items()})
-    return out, order
+    chunks = pair_batches(nm, [pairs[i] for i in order], batch_size, input_format=fmt)
+    return [batch for _, batch in chunks], order
 
 
 def pair_deltas(

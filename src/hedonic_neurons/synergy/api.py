@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -53,11 +54,9 @@ def _check_model(model: Any) -> None:
 
 
 def _pair_of(item: Any) -> tuple[str, str] | None:
-    if hasattr(item, "query") and hasattr(item, "passage"):
-        return str(item.query), str(item.passage)
-    if isinstance(item, tuple | list) and len(item) == 2 and all(isinstance(x, str) for x in item):
-        return item[0], item[1]
-    return None
+    from hedonic_neurons.models.neuron_model import as_pair  # imported here: it needs torch
+
+    return as_pair(item)
 
 
 def _kind(item: Any) -> str:
@@ -138,21 +137,21 @@ def iter_batches(nm: NeuronModel, data: Any, batch_size: int) -> Iterator[dict[s
         for index, item in enumerate(items, 1):
             yield _to_device(nm, checked(index, item), index)
         return
+    rest = (checked(index, item) for index, item in enumerate(items, 1))
+    if kind == "pair":
+        from hedonic_neurons.models.neuron_model import pair_batches
+
+        for _, batch in pair_batches(nm, itertools.chain([first], rest), batch_size):
+            yield batch
+        return
     chunk: list[Any] = [first]
-    for index, item in enumerate(items, 1):
-        chunk.append(checked(index, item))
+    for item in rest:
+        chunk.append(item)
         if len(chunk) == batch_size:
-            yield _encode(nm, kind, chunk)
+            yield _encode_texts(nm, chunk)
             chunk = []
     if chunk:
-        yield _encode(nm, kind, chunk)
-
-
-def _encode(nm: NeuronModel, kind: str, chunk: list[Any]) -> dict[str, Any]:
-    if kind == "text":
-        return _encode_texts(nm, chunk)
-    pairs = [_pair_of(item) for item in chunk]
-    return nm.encode([q for q, _ in pairs], [p for _, p in pairs])  # type: ignore[misc]
+        yield _encode_texts(nm, chunk)
 
 
 def synergy(

@@ -45,6 +45,7 @@ from hedonic_neurons.cachekey import cache_key
 from hedonic_neurons.errors import ConfigError, DataError, HedonicNote, arg
 from hedonic_neurons.locking import locks_output
 from hedonic_neurons.models.adapters import MLPWeights
+from hedonic_neurons.models.neuron_model import encode_pairs
 from hedonic_neurons.synergy.base import METRICS, SynergyMetric, reference_error
 from hedonic_neurons.synergy.distributed import World, barrier
 from hedonic_neurons.synergy.heads import NormAffineHead, NormTanhHead, structured_head
@@ -766,8 +767,7 @@ def _run_pass(
             if stop_after is not None and processed >= stop_after:
                 return False
             b = shard[position]
-            chunk = pairs[b * size : (b + 1) * size]
-            batch = nm.encode([p.query for p in chunk], [p.passage for p in chunk])
+            batch = encode_pairs(nm, pairs[b * size : (b + 1) * size], start=b * size)
             collector.update(batch, b)
             processed += 1
             bar.update(1)
