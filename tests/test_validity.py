@@ -7,6 +7,8 @@ agrees less, and the Δ the evaluation measures must equal four separate ablatio
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -17,12 +19,13 @@ from hedonic_neurons.config import EvaluateConfig
 from hedonic_neurons.data import load_pairs
 from hedonic_neurons.errors import ConfigError, DataError
 from hedonic_neurons.evaluate.base import EVALUATIONS, LayerContext
-from hedonic_neurons.evaluate.validity import PhiValidity, agreement, sample_pairs
+from hedonic_neurons.evaluate.validity import PhiValidity, agreement, in_dtype, sample_pairs
 from hedonic_neurons.models import load_model
 from hedonic_neurons.neurons import ablation_logits
 from hedonic_neurons.synergy.api import pas
 from synergy_helpers import one_thread, save_scaled_tiny, write_pairs
 from test_loading import make_adapter
+from tiny import tiny_model
 
 LAYER, N, K = 1, 12, 20  # 66 neuron pairs, 20 sampled (10 top |φ|, 10 uniform)
 
@@ -60,14 +63,21 @@ def _split(rows):
     return summary, points
 
 
-def _brute_force(nm, test, i, j, mode):
-    """Δ_ij = f(∅) − f({i}) − f({j}) + f({i, j}) from four separate passes on one batch, averaged."""
+def _brute_force(nm, test, i, j, mode, model64=None):
+    """Δ_ij = f(∅) − f({i}) − f({j}) + f({i, j}) from four separate passes on one batch, averaged;
+    on ``model64`` (a float64 copy of the model, with float64 reference weights) if given."""
     batch = nm.encode([p.query for p in test], [p.passage for p in test])
+    model, ref = (nm, None) if model64 is None else model64
 
     def f(s):
-        return ablation_logits(nm, batch, LAYER, [s], mode=mode, reuse_prefix=False)[0].double()
+        return ablation_logits(model, batch, LAYER, [s], mode=mode, reference=ref, reuse_prefix=False)[0]
 
-    return float((f([]) - f([i]) - f([j]) + f([i, j])).mean())
+    return float((f([]) - f([i]) - f([j]) + f([i, j])).double().mean())
+
+
+def _float64(nm):
+    ref = nm.reference_mlp_weights(LAYER).map(lambda t: t.double())
+    return copy.deepcopy(nm.model).double(), ref
 
 
 def test_full_readout_phi_is_the_full_model_delta(model):
@@ -79,7 +89,8 @@ def test_full_readout_phi_is_the_full_model_delta(model):
     )
     summary, points = _split(rows)
     assert (summary["pairs"], summary["top_pairs"], summary["inputs"]) == (K, K // 2, len(test))
-    assert summary["spearman"] == 1.0 and summary["sign_agreement"] == 1.0
+    # the same order of the pairs exactly (Spearman's arithmetic may round 1 to 1 - 2e-16)
+    assert summary["spearman"] == pytest.approx(1.0, abs=1e-12) and summary["sign_agreement"] == 1.0
     assert summary["signed_pairs"] >= K - 2  # nearly every pair has Δ above rounding
     assert summary["pearson"] == pytest.approx(1.0, abs=1e-6)
     assert summary["slope"] == pytest.approx(1.0, abs=1e-4)
@@ -87,6 +98,7 @@ def test_full_readout_phi_is_the_full_model_delta(model):
     delta = np.array([p["delta"] for p in points])
     got_phi = np.array([p["phi"] for p in points])
     np.testing.assert_allclose(delta, got_phi, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(stats.rankdata(delta), stats.rankdata(got_phi))
     np.testing.assert_array_equal(got_phi, [phi[p["i"], p["j"]] for p in points])
     # the top half: the K/2 largest |φ| pairs; the uniform half: other pairs, each once
     ii, jj = np.triu_indices(N, 1)
@@ -98,7 +110,7 @@ def test_full_readout_phi_is_the_full_model_delta(model):
     assert sentence.startswith(
         f"Layer {LAYER}: full-readout PAS agrees with the full-model Δ_ij at Spearman 1.00 on {K} neuron pairs"
     )
-    assert "signs agree on 100%" in sentence and "(reference ablation)" in sentence
+    assert "signs agree on 100%" in sentence and "(reference ablation, float64)" in sentence
 
 
 @pytest.mark.parametrize("mode", ["reference", "zero"])
@@ -111,9 +123,20 @@ def test_local_readout_agreement_is_measured_against_four_pass_ablation(model, m
     summary, points = _split(rows)
     assert summary["mode"] == mode
     pairs = [(p["i"], p["j"]) for p in points]
-    want = np.array([_brute_force(nm, test, i, j, mode) for i, j in pairs])
+    model64 = _float64(nm)
+    want = np.array([_brute_force(nm, test, i, j, mode, model64) for i, j in pairs])
     delta = np.array([p["delta"] for p in points])
-    np.testing.assert_allclose(delta, want, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(delta, want, atol=1e-12, rtol=0)
+    assert nm.dtype == torch.float32  # the model is back in its own precision
+    # in float32 (the model's own type) the same Δ to float32 rounding, against float32 passes
+    rows32 = PhiValidity(n_pairs=K, max_inputs=len(test), batch_size=4, seed=3, dtype=None).evaluate(
+        _ctx(nm, test, phi, modes=(mode,))
+    )
+    summary32, points32 = _split(rows32)
+    assert summary32["dtype"] == "float32" and summary32["rounding_floor"] > 1e6 * summary["rounding_floor"]
+    want32 = np.array([_brute_force(nm, test, i, j, mode) for i, j in pairs])
+    np.testing.assert_allclose([p["delta"] for p in points32], want32, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(want32, want, atol=1e-5, rtol=0)
     local = np.array([phi[i, j] for i, j in pairs], dtype=np.float64)
     rho = stats.spearmanr(want, local).statistic
     assert summary["spearman"] == pytest.approx(rho, abs=1e-12)
@@ -194,6 +217,9 @@ def test_registered_and_configurable():
         PhiValidity(n_pairs=1)
     with pytest.raises(ConfigError, match="max_inputs= must be at least 1"):
         PhiValidity(max_inputs=0)
+    with pytest.raises(ConfigError, match="dtype= must be one of"):
+        PhiValidity(dtype="float16")
+    assert PhiValidity().dtype == "float64" and PhiValidity(dtype=None).dtype is None
 
 
 def test_no_phi_or_no_usable_mode_is_a_note(model):
@@ -210,3 +236,46 @@ def test_no_phi_or_no_usable_mode_is_a_note(model):
         PhiValidity(n_pairs=K, max_inputs=len(test)).evaluate(_ctx(nm, test, phis["local"], ("zero",)))
     )
     assert got["mode"] == "mean" and got["spearman"] == pytest.approx(zero["spearman"], abs=1e-9)
+
+
+def test_in_dtype_casts_and_restores_every_tensor_exactly():
+    model = tiny_model("llama", n=N).to(torch.bfloat16)
+    model.model.norm.weight.data = model.model.norm.weight.data.float()  # a mixed-precision model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    assert any(b.is_floating_point() for b in buffers.values())  # rotary inv_freq
+    with in_dtype(model, torch.float64):
+        assert all(p.dtype == torch.float64 for p in model.parameters())
+        assert all(b.dtype == torch.float64 for b in model.buffers() if b.is_floating_point())
+    after = model.state_dict()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+    for k, v in model.named_buffers():
+        assert v.dtype == buffers[k].dtype and torch.equal(v, buffers[k]), k
+    with pytest.raises(RuntimeError, match="inside"), in_dtype(model, torch.float64):
+        raise RuntimeError("inside")
+    assert model.model.norm.weight.dtype == torch.float32
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+
+
+def test_runs_inside_evaluate_layer(model):
+    from hedonic_neurons.evaluate.layer import evaluate_layer
+
+    nm, test, phis = model
+    blocks = [list(range(s, s + 4)) for s in range(0, N, 4)]
+    partitions = {seed: {"a": blocks, "b": [b[::-1] for b in blocks[::-1]]} for seed in (0, 1, 2)}
+    cfg = EvaluateConfig(
+        evaluations=["phi_validity"], attribution=False, size_band=(2, 12), top_k=1, null_pairs=8,
+        synergy_pairs=4, bootstrap=100,
+    )  # fmt: skip
+    results, _ = evaluate_layer(
+        nm, LAYER, partitions, reference_method="a", config=cfg, task="cqtr", test=test,
+        y_test=np.zeros(len(test)), phi=phis["full"], reference=nm.reference_mlp_weights(LAYER),
+    )  # fmt: skip
+    summary, points = _split(results["phi_validity"])
+    assert (summary["pairs"], summary["inputs"], summary["mode"]) == (64, len(test), "reference")
+    assert summary["spearman"] == pytest.approx(1.0, abs=1e-12) and len(points) == 64
+    ranks = [stats.rankdata([p[k] for p in points]) for k in ("delta", "phi")]
+    np.testing.assert_array_equal(*ranks)  # the same order exactly
+    (table,) = PhiValidity().tables(results["phi_validity"]).values()
+    assert len(table) == 1 and table[0]["spearman"] == summary["spearman"] and "kind" not in table[0]

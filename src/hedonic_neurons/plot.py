@@ -208,7 +208,7 @@ def phi_calibration(rows_or_arrays: Any, *, title: str | None = None):
         slope, intercept = np.polyfit(x, y, 1)
         xs = np.array([float(x.min()), float(x.max())])
         ax.plot(
-            xs, slope * xs + intercept, color="C3", lw=1.2, label=f"fit: φ = {slope:.3g} Δ + {intercept:.2g}"
+            xs, slope * xs + intercept, color="C3", lw=1.2, label=f"fit: φ = {slope:.3g} Δ {intercept:+.2g}"
         )
     varied = x.size >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0
     rho = float(stats.spearmanr(x, y).statistic) if varied else float("nan")

@@ -58,6 +58,7 @@ def _batch_gradient(
 ) -> torch.Tensor:
     """(B, n) ∂ℓ/∂c at c = 0 for one batch of pairs (see the module docstring)."""
     from hedonic_neurons.models.adapters import mlp_modules, n_layers
+    from hedonic_neurons.models.neuron_model import encode_pairs
     from hedonic_neurons.neurons.readout import local_head, site_hooks
     from hedonic_neurons.neurons.recording import hooks, model_inputs, readout_positions, run_forward
 
@@ -65,7 +66,7 @@ def _batch_gradient(
     mods = mlp_modules(model, layer)
     last = n_layers(model) - 1
     head = local_head(model, last, score_token_id=getattr(nm, "score_token_id", None))
-    inputs = model_inputs(nm.encode([p.query for p in chunk], [p.passage for p in chunk]))
+    inputs = model_inputs(encode_pairs(nm, chunk))
     mask = inputs["attention_mask"]
     positions = readout_positions(model, mask)
     c = torch.zeros(mask.shape[0], 1, int(nm.n_neurons), device=mask.device, requires_grad=True)

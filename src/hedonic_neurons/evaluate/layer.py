@@ -95,13 +95,15 @@ def evaluate_layer(
     seed: int = 0,
     batch_size: int = 16,
     progress: Any = None,
+    phi_source: str = "",
 ) -> tuple[dict[str, list[dict[str, Any]]], Any]:
     """Run the configured evaluations on one layer; returns ({evaluation: rows}, the context).
 
     ``partitions[seed][method]``: each method's coalitions (lists of neuron indices) per seed.
     ``reference``: the layer's reference :class:`~hedonic_neurons.models.adapters.MLPWeights`
     (needed for ``"reference"`` ablation); ``means``: per-neuron mean activations (``"mean"``).
-    ``config``: an :class:`~hedonic_neurons.config.EvaluateConfig`.
+    ``config``: an :class:`~hedonic_neurons.config.EvaluateConfig`. ``phi_source``: how ``phi``
+    was measured, in words (for the φ-validity verdict).
     """
     import time
 
@@ -185,6 +187,9 @@ def evaluate_layer(
         sub_groups=sub_groups,
         n_sub_queries=len(sub_names),
         bins=(lo, per_octave),
+        reference=reference,
+        means=means,
+        phi_source=phi_source,
     )
     ctx.timing = {
         **timing,

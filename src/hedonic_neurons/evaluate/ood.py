@@ -47,9 +47,7 @@ def ablated_outputs(
     reference = nm.reference_mlp_weights(layer) if mode == "reference" else None
     sets = [[]] + [list(c) for c in coalitions]
     chunks = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        batch = nm.encode([p.query for p in chunk], [p.passage for p in chunk])
+    for chunk, batch in nm.batches(pairs, batch_size):
         out = ablation_logits(
             nm.model, batch, layer, sets, mode=mode, reference=reference, readout="full", max_batch=max_rows
         )

@@ -78,6 +78,7 @@ def layer_outputs(
 ) -> LayerOutputs:
     """Run every pass of one layer's evaluation (see the module docstring). ``syn``: the pairs
     (a subset of ``sub``; default all of it) on which ``singles`` are ablated."""
+    from hedonic_neurons.models.neuron_model import encode_pairs
     from hedonic_neurons.neurons import ablation_logits
 
     uniq = sorted({tuple(sorted(int(i) for i in c)) for c in coalitions})
@@ -119,8 +120,7 @@ def layer_outputs(
     for idx_all, part in ((syn, "syn"), (sub_only, "sub"), (rest, "rest")):
         for start in range(0, idx_all.size, batch_size):
             idx = idx_all[start : start + batch_size]
-            chunk = [pairs[int(i)] for i in idx]
-            batch = nm.encode([p.query for p in chunk], [p.passage for p in chunk])
+            batch = encode_pairs(nm, [pairs[int(i)] for i in idx])
             sets = main_sets + single_sets if part == "syn" else main_sets
             out = run(sets, batch, "rest")
             main[:, idx] = out[: len(main_sets)]
@@ -129,7 +129,7 @@ def layer_outputs(
             if part != "rest":
                 null[:, np.searchsorted(sub, idx)] = run([list(s) for s in null_sets], batch, "null")
             if progress is not None:
-                progress.update(len(chunk))
+                progress.update(len(idx))
     return LayerOutputs(
         mode=mode,
         coalitions=list(uniq),

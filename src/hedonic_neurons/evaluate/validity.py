@@ -12,7 +12,8 @@ usable ablation mode; PAS's sign: > 0 means complements). Half of the pairs are 
 entries (the ones a partition is built from), half uniform over the other pairs. Every pair's
 sets {i}, {j}, {i, j} and the empty set are ablated in one batched
 :func:`~hedonic_neurons.neurons.ablation_logits` call per batch of inputs (each neuron's single
-set once however many pairs it is in).
+set once however many pairs it is in). The passes run in float64 by default: a pair's Δ is often
+far below the float32 rounding of the logit it is a difference of.
 
 Reported per layer: Spearman and Pearson correlation of φ with Δ over the sampled pairs (and
 Spearman within the top-|φ| and the uniform halves), sign agreement over the pairs whose |Δ| is

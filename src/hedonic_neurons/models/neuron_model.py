@@ -305,7 +305,7 @@ def as_pair(item: Any) -> tuple[str, str] | None:
 
 
 def encode_pairs(
-    nm: Any, pairs: Sequence[Any], *, input_format: InputFormat | None = None, start: int = 0
+    nm: NeuronModel, pairs: Sequence[Any], *, input_format: InputFormat | None = None, start: int = 0
 ) -> dict[str, torch.Tensor]:
     """Model inputs for ``pairs`` (each as :func:`as_pair` takes it) on ``nm``'s device: ``nm.encode``
     of the queries and passages, or ``input_format`` (a different length, say) applied with
@@ -325,7 +325,7 @@ def encode_pairs(
 
 
 def pair_batches(
-    nm: Any, pairs: Iterable[Any], batch_size: int, *, input_format: InputFormat | None = None
+    nm: NeuronModel, pairs: Iterable[Any], batch_size: int, *, input_format: InputFormat | None = None
 ) -> Iterator[tuple[list[Any], dict[str, torch.Tensor]]]:
     """The one batching of (query, passage) pairs: ``(chunk, encoded batch)`` for consecutive
     chunks of ``batch_size`` items of ``pairs`` (an iterable, read lazily), in order, the last
