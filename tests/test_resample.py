@@ -258,15 +258,10 @@ def test_resample_count_is_checked():
             EvaluateConfig(phi_resamples=bad)
 
 
-def test_more_resamples_than_phi_inputs_is_one_error(resampled):
-    run = Pipeline(
-        resampled.cfg.model_copy(
-            update={"evaluate": resampled.cfg.evaluate.model_copy(update={"phi_resamples": 1000})}
-        ),
-        resampled.out.parent / "unused",
-        progress=False,
-    )
-    run.train = resampled.train
+def test_more_resamples_than_phi_inputs_is_one_error_before_any_work(resampled, tmp_path):
+    evaluate = resampled.cfg.evaluate.model_copy(update={"phi_resamples": 1000})
+    run = Pipeline(resampled.cfg.model_copy(update={"evaluate": evaluate}), tmp_path / "out", progress=False)
     with pytest.raises(ConfigError, match="phi_resamples = 1000 needs at least 1000") as err:
-        run.resample_subsets("oca")
+        run.run()
     assert isinstance(err.value, HedonicError)
+    assert list((tmp_path / "out").iterdir()) == []  # nothing written

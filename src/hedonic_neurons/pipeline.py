@@ -170,6 +170,8 @@ class Pipeline:
         )
         if cfg.task == "rm" and not self.test_qrels:
             raise ConfigError("task 'rm' needs relevance labels (qrels) for the test data")
+        for metric in cfg.phi.metrics if cfg.evaluate.phi_resamples else ():  # φ resampling: enough pairs
+            self.resample_subsets(metric)
         _log(f"output folder: {self.out}")
         write_json(self.out / "config.json", {**cfg.model_dump(mode="json"), "provenance": provenance()})
         adapter = self.stage_finetune()

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONSENSUS_THRESHOLD",
+    "STABILITY_TABLE",
     "attach_phi_intervals",
     "phi_intervals",
     "resample_effects",
     "resample_selection",
     "stability_rows",
+    "stability_sentences",
 ]
 
 CONSENSUS_THRESHOLD = 0.8
