@@ -248,7 +248,7 @@ class EvaluateConfig(_Strict):
     min_size: int = Field(2, ge=1)  # the legacy OOD-drop table's smallest coalition
     certify_samples: int = Field(20_000, ge=100)  # coalitions drawn per stability certificate
     # the evaluations run (names registered in hedonic_neurons.evaluate.base.EVALUATIONS)
-    evaluations: list[str] = ["effects", "null", "synergy"]
+    evaluations: list[str] = ["effects", "null", "synergy", "phi_validity"]
     # which coalitions: "cohesion" (fraction of pairs with phi > 0, then mean phi) or "largest",
     # among those with size in size_band; every method is size-matched to the reference's picks
     selection: Literal["cohesion", "largest"] = "cohesion"

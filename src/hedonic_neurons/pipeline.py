@@ -644,6 +644,9 @@ class Pipeline:
                 seed=cfg.seed,
                 batch_size=cfg.phi.batch_size,
                 progress=bar,
+                phi_source=(
+                    f"{cfg.phi.readout}-readout PAS ({cfg.phi.pas_mode})" if phi_metric == "pas" else phi_metric.upper()
+                ),
             )
             for name, got in results.items():
                 new_rows[name].extend(got)
