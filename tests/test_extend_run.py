@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from contextlib import ExitStack
 
 import numpy as np
 import pytest
@@ -25,13 +24,14 @@ from hedonic_neurons.evaluate.base import EVALUATIONS, Evaluation, LayerContext
 from hedonic_neurons.models import load_model
 from hedonic_neurons.models.adapters import ARCHITECTURES
 from hedonic_neurons.models.inputs import InputFormat
-from hedonic_neurons.neurons import Moments, record
+from hedonic_neurons.neurons import record
 from hedonic_neurons.partitioner import PARTITIONERS, Partitioner
 from hedonic_neurons.pipeline import Pipeline, load_split
-from hedonic_neurons.synergy import METRICS, SynergyMetric
+from hedonic_neurons.synergy import METRICS
 from hedonic_neurons.synergy.collect import phi_path
 from synergy_helpers import one_thread
 from test_loading import make_adapter, tiny_tokenizer
+from test_phi_registry import AbsCorr  # the toy metric phi = |rho|
 from tiny import tiny_config
 
 # transformers has no public way to unregister a config or model class: the type name is unique to
@@ -62,49 +62,6 @@ tf.AutoModelForSequenceClassification.register(
 
 
 # --------------------------------------------------------------------------- the four extensions
-
-
-class AbsCorr(SynergyMetric):
-    """φ = |ρ(a_i, a_j)| over every non-pad token, from streaming moments."""
-
-    name = "abs-corr"
-    settings_fields = ("pooling",)
-    multi_layer = True
-
-    def __init__(self, nm, layers, settings):
-        self.nm, self.layers, self.settings = nm, list(layers), settings
-        self.moments = {layer: Moments(nm.n_neurons) for layer in self.layers}
-
-    def __enter__(self):
-        self._stack = ExitStack()
-        self.rec = self._stack.enter_context(
-            record(self.nm.model, self.layers, pooling=self.settings.pooling, stop_after=True)
-        )
-        self.rec.moments = self.moments
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
-
-    def update(self, batch, index):
-        self.rec(batch)
-
-    def state_dict(self):
-        return {f"{layer}.{k}": v for layer, m in self.moments.items() for k, v in m.state_dict().items()}
-
-    def load_state_dict(self, state):
-        for layer in self.layers:
-            part = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{layer}.")}
-            self.moments[layer] = Moments.from_state_dict(part)
-
-    def all_reduce(self):
-        for m in self.moments.values():
-            m.all_reduce()
-
-    def result(self, layer):
-        phi = self.moments[layer].corr().abs()
-        phi.fill_diagonal_(0.0)
-        return phi.to(torch.float32).numpy(), {"n_samples": int(self.moments[layer].count)}
 
 
 class Singletons(Partitioner):
