@@ -390,7 +390,7 @@ def _ablation(
 
     if mode is None:
         mode = "reference" if nm.has_reference else "zero"
-    if mode not in MODES or mode == "mean":
+    if mode not in MODES or mode in ("mean", "resample"):
         raise ConfigError(f"{arg('ablation')} must be 'reference' or 'zero', got {mode!r}")
     if mode == "reference" and not nm.has_reference:
         raise ModelError(

@@ -16,6 +16,9 @@ calls on any model:
    The single-neuron ablations of the ``synergy`` evaluation (every neuron of an evaluated
    coalition or a random set) run on ``synergy_pairs`` pairs of whole queries of that subsample.
 4. **Passes** (:mod:`.passes`): one batched ablation pass per batch for everything, per mode.
+   Under ``"resample"`` every test pair gets one donor from the donor pool (a run: its training
+   pairs' token-mean activations), drawn by :func:`donor_fills` from the seed and the layer; the
+   pair's ablated neurons take that donor's token-mean activations, in every pass.
 5. Every evaluation named in the config gets the :class:`~.base.LayerContext`.
 """
 
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hedonic_neurons.errors import ConfigError
+from hedonic_neurons.errors import ConfigError, arg
 
 if TYPE_CHECKING:
     from hedonic_neurons.models.neuron_model import NeuronModel
@@ -43,6 +46,50 @@ interval over queries needs two)."""
 
 def _rng(seed: int, method: str, layer: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(method.encode()), layer])
+
+
+DONOR_STREAM = zlib.crc32(b"resample-ablation-donors")
+"""Keeps the donor draw's random stream apart from every other draw seeded by (seed, layer)."""
+
+
+def donor_fills(
+    donors: torch.Tensor | np.ndarray, n_inputs: int, *, seed: int, layer: int, n_neurons: int | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """(donor index of each input (n_inputs,), the fills (n_inputs, n)) for resample ablation.
+
+    ``donors`` (D, n): the pool, each row one donor input's token-mean activations. Input k's
+    donor is drawn uniformly with replacement by a numpy Generator seeded with (``seed``, the
+    donor stream, ``layer``), so the same seed and layer give the same donors; its fill is that
+    donor's row. ``n_neurons``: the layer's width, checked against the pool's when given.
+    """
+    from hedonic_neurons.neurons.ablation import draw_donors
+
+    pool = donor_pool(donors, n_neurons)
+    index = draw_donors(pool.shape[0], n_inputs, [int(seed), DONOR_STREAM, int(layer)])
+    return index, pool[torch.as_tensor(index)]
+
+
+def donor_pool(donors: Any, n_neurons: int | None = None) -> torch.Tensor:
+    """``donors`` as a checked floating-point (D >= 1, n) CPU tensor (``n_neurons``: the expected n)."""
+    try:
+        if isinstance(donors, torch.Tensor):
+            pool = donors.detach().cpu()
+        else:
+            pool = torch.as_tensor(np.asarray(donors))
+        if not pool.is_floating_point():
+            pool = pool.double()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            f"resample ablation: the donor pool must be a (D, n) array of numbers ({exc})"
+        ) from None
+    n = pool.shape[1] if pool.dim() == 2 else None
+    if pool.dim() != 2 or pool.shape[0] < 1 or (n_neurons is not None and n != n_neurons):
+        width = "n" if n_neurons is None else str(n_neurons)
+        raise ConfigError(
+            f"resample ablation needs a donor pool of shape (D >= 1, {width}), got {tuple(pool.shape)}: "
+            f"pass {arg('donors')}the token-mean activations of the donor inputs, one row each"
+        )
+    return pool
 
 
 def choose(
@@ -92,6 +139,7 @@ def evaluate_layer(
     phi: np.ndarray | None = None,
     reference: Any = None,
     means: torch.Tensor | np.ndarray | None = None,
+    donors: torch.Tensor | np.ndarray | None = None,
     seed: int = 0,
     batch_size: int = 16,
     progress: Any = None,
@@ -101,9 +149,14 @@ def evaluate_layer(
 
     ``partitions[seed][method]``: each method's coalitions (lists of neuron indices) per seed.
     ``reference``: the layer's reference :class:`~hedonic_neurons.models.adapters.MLPWeights`
-    (needed for ``"reference"`` ablation); ``means``: per-neuron mean activations (``"mean"``).
-    ``config``: an :class:`~hedonic_neurons.config.EvaluateConfig`. ``phi_source``: how ``phi``
-    was measured, in words (for the φ-validity verdict).
+    (needed for ``"reference"`` ablation); ``means``: per-neuron mean activations (``"mean"``);
+    ``donors`` (D, n): the donor pool of ``"resample"`` (the token-mean activations of D inputs;
+    each test pair's donor is drawn by :func:`donor_fills` with ``seed`` and ``layer``). The
+    attribution baseline is scored under the first configured mode other than ``"resample"``, or
+    under mean ablation with the pool's mean (the expected fill of a random donor) when
+    ``"resample"`` is the only one. ``config``: an
+    :class:`~hedonic_neurons.config.EvaluateConfig`. ``phi_source``: how ``phi`` was measured, in
+    words (for the φ-validity verdict).
     """
     import time
 
@@ -121,6 +174,15 @@ def evaluate_layer(
         means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
     if "mean" in modes and means is None:
         raise ConfigError("ablation mode 'mean' needs the neurons' mean activations (means=...)")
+    fills = pool = None
+    if "resample" in modes:
+        if donors is None:
+            raise ConfigError(
+                "ablation mode 'resample' needs a donor pool: pass "
+                f"{arg('donors')}the token-mean activations of the donor inputs, one row each"
+            )
+        pool = donor_pool(donors, int(nm.n_neurons))
+        fills = donor_fills(pool, len(test), seed=seed, layer=layer)[1]
     y_test = np.asarray(y_test, dtype=np.float64)
     if y_test.shape != (len(test),):
         raise ConfigError(
@@ -132,9 +194,11 @@ def evaluate_layer(
     if config.attribution and train and any(targets.values()):
         t0 = time.perf_counter()
         pick = query_subsample([p.qid for p in train], config.attribution_pairs, seed)
+        attr_mode = next((m for m in modes if m != "resample"), "mean")
+        attr_means = means if means is not None or pool is None else pool.mean(0)
         scores = attribution_scores(
-            nm, [train[int(i)] for i in pick], layer, mode=modes[0], reference=reference,
-            means=means, batch_size=batch_size,
+            nm, [train[int(i)] for i in pick], layer, mode=attr_mode, reference=reference,
+            means=attr_means, batch_size=batch_size,
         )  # fmt: skip
         for s in targets:
             chosen[(s, ATTRIBUTION)], skipped[(s, ATTRIBUTION)] = attribution_sets(scores, targets[s]), 0
@@ -165,7 +229,8 @@ def evaluate_layer(
         outputs[mode] = layer_outputs(
             nm, test, layer, sorted(all_sets), sub=sub, null_sets=null_sets, null_bins=null_bins,
             singles=singles, syn=syn, mode=mode, reference=reference if mode == "reference" else None,
-            means=means if mode == "mean" else None, batch_size=batch_size, progress=progress,
+            means=means if mode == "mean" else None, fills=fills if mode == "resample" else None,
+            batch_size=batch_size, progress=progress,
         )  # fmt: skip
     ctx = LayerContext(
         nm=nm,

@@ -72,12 +72,16 @@ def layer_outputs(
     mode: str = "reference",
     reference: Any = None,
     means: torch.Tensor | None = None,
+    fills: torch.Tensor | np.ndarray | None = None,
     batch_size: int = 16,
     max_rows: int = 256,
     progress: Any = None,
 ) -> LayerOutputs:
     """Run every pass of one layer's evaluation (see the module docstring). ``syn``: the pairs
-    (a subset of ``sub``; default all of it) on which ``singles`` are ablated."""
+    (a subset of ``sub``; default all of it) on which ``singles`` are ablated. ``fills``: for
+    ``mode="resample"``, (len(pairs), n) the fill of each pair (its donor's token-mean
+    activations; row k goes with ``pairs[k]`` in every pass)."""
+    from hedonic_neurons.errors import ModelError, arg
     from hedonic_neurons.models.neuron_model import encode_pairs
     from hedonic_neurons.neurons import ablation_logits
 
@@ -86,6 +90,16 @@ def layer_outputs(
     main_sets = [[], *[list(c) for c in uniq], list(range(n))]
     single_sets = [[int(i)] for i in singles]
     n_pairs = len(pairs)
+    if mode == "resample":
+        shape = None if fills is None else tuple(np.shape(fills))
+        if shape != (n_pairs, n):
+            raise ModelError(
+                f"mode='resample' needs fills of shape ({n_pairs}, {n}) (one row per pair), got {shape}: "
+                f"pass {arg('fills')}each pair's donor token-mean activations"
+            )
+        fills = torch.as_tensor(fills)
+    elif fills is not None:
+        raise ModelError(f"{arg('fills')} is only used by mode='resample', got mode='{mode}'")
     sub = np.asarray(sub, dtype=np.int64)
     syn = sub if syn is None else np.asarray(syn, dtype=np.int64)
     if not np.isin(syn, sub).all():
@@ -108,11 +122,12 @@ def layer_outputs(
         max_batch=max_rows,
     )
 
-    def run(sets: list[list[int]], batch: dict, what: str) -> np.ndarray:
+    def run(sets: list[list[int]], batch: dict, what: str, idx: np.ndarray) -> np.ndarray:
         if not sets:
             return np.zeros((0, batch["attention_mask"].shape[0]))
         t0 = time.perf_counter()
-        out = ablation_logits(nm.model, batch, layer, sets, **kw).double().cpu().numpy()
+        rows_fill = None if fills is None else fills[torch.as_tensor(idx)]
+        out = ablation_logits(nm.model, batch, layer, sets, fills=rows_fill, **kw).double().cpu().numpy()
         seconds[what] += time.perf_counter() - t0
         rows[what] += len(sets) * out.shape[1]
         return out
@@ -122,12 +137,12 @@ def layer_outputs(
             idx = idx_all[start : start + batch_size]
             batch = encode_pairs(nm, [pairs[int(i)] for i in idx])
             sets = main_sets + single_sets if part == "syn" else main_sets
-            out = run(sets, batch, "rest")
+            out = run(sets, batch, "rest", idx)
             main[:, idx] = out[: len(main_sets)]
             if part == "syn":
                 single[:, np.searchsorted(syn, idx)] = out[len(main_sets) :]
             if part != "rest":
-                null[:, np.searchsorted(sub, idx)] = run([list(s) for s in null_sets], batch, "null")
+                null[:, np.searchsorted(sub, idx)] = run([list(s) for s in null_sets], batch, "null", idx)
             if progress is not None:
                 progress.update(len(idx))
     return LayerOutputs(

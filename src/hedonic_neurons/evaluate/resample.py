@@ -93,6 +93,7 @@ def resample_effects(
     sd: float,
     reference: Any = None,
     means: Any = None,
+    fills: Any = None,
     batch_size: int = 16,
 ) -> dict[str, np.ndarray]:
     """Per-query normalised RMS Δlogit of each method's coalitions on each resample: ``{method:
@@ -102,7 +103,9 @@ def resample_effects(
     (:func:`hedonic_neurons.evaluate.passes.layer_outputs`, ablation ``mode``); the measure is
     :func:`hedonic_neurons.evaluate.measures.effect_measures`' ``"rms"`` in units of ``sd`` (the
     evaluation's standard deviation of the unablated outputs), per query id in sorted order
-    (the evaluation's query order).
+    (the evaluation's query order). ``fills``: for ``mode="resample"``, (len(test), n) each test
+    pair's fill, its donor's token-mean activations
+    (:func:`~hedonic_neurons.evaluate.layer.donor_fills`; the evaluation's own donors).
     """
     from hedonic_neurons.evaluate.measures import effect_measures, query_index
     from hedonic_neurons.evaluate.passes import layer_outputs
@@ -115,7 +118,7 @@ def resample_effects(
     out = layer_outputs(
         nm, test, layer, sets, sub=np.zeros(0, dtype=np.int64), null_sets=[],
         null_bins=np.zeros(0, dtype=np.int64), mode=mode, reference=reference, means=means,
-        batch_size=batch_size,
+        fills=fills, batch_size=batch_size,
     )  # fmt: skip
     rms = effect_measures(task, out.base, out.ablated, np.asarray(y_test), groups, len(names), sd)["rms"]
     result = {}

@@ -8,11 +8,23 @@ only the neurons of set r:
   out += Σ_{i∈S} (a_i^ref W_i^ref − a_i W_i), with a^ref the reference activations of the same MLP
   input (captured by a pre-hook on the up projection);
 * ``"zero"``: out −= Σ_{i∈S} a_i W_i;
-* ``"mean"``: out += Σ_{i∈S} (m_i − a_i) W_i, m = ``means``.
+* ``"mean"``: out += Σ_{i∈S} (m_i − a_i) W_i, m = ``means``;
+* ``"resample"``: out += Σ_{i∈S} (ā_i(x') − a_i) W_i on input x, with x' the donor of x and
+  ā(x') its token-mean activations (``fills``, one row per input).
 
-The current terms a_i W_i are removed by setting a_i (the input of the down projection) to 0 or
-m_i in a pre-hook, so the module's own weights do it (exact for ``Linear``, ``Conv1D`` and an
-unmerged LoRA layer alike); the reference terms are added by a forward hook.
+Resample ablation replaces what a neuron does on x by what it does on another input x'. The donors
+are a fixed pool of inputs (a run uses its training pairs) whose token-mean activations are known;
+each test input gets one donor drawn with a seeded generator (:func:`draw_donors`: uniform, with
+replacement, reproducible from the seed), the same donor for every neuron of the set, so the set's
+joint state is a real state of the model on another input. Token positions do not align across
+inputs, so the fill is the donor's token-mean ā_i(x') (the mean over its non-padding tokens), put
+at every position of x: the per-position broadcast of ``"mean"``, but with a fill per input, a
+(B, n) tensor instead of mean's (n,). With a pool of one input whose token-means equal ``means``,
+resample ablation is mean ablation.
+
+The current terms a_i W_i are removed by setting a_i (the input of the down projection) to 0,
+m_i or ā_i(x') in a pre-hook, so the module's own weights do it (exact for ``Linear``,
+``Conv1D`` and an unmerged LoRA layer alike); the reference terms are added by a forward hook.
 
 The blocks below the ablated layer do not depend on the neuron set, so by default they run once
 per batch (unrepeated): their output at the last of them is cached, and in the repeated pass those
@@ -23,6 +35,8 @@ then costs only the blocks from the ablated layer up; the embeddings still run p
 the model (a forward, ``generate``, ``output_hidden_states``, a captum attribution, an nnsight
 trace) sees the given neurons ablated, for every input row and token. It installs the hooks of
 :func:`ablation_hooks`, the one place ablation is implemented, with one neuron set for all rows.
+For ``"resample"`` it takes the fills of one fixed batch, and every forward inside the block must
+have that batch's rows.
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hedonic_neurons.errors import ModelError, arg
+from hedonic_neurons.errors import ConfigError, ModelError, arg
 from hedonic_neurons.models.adapters import (
     MLPModules,
     MLPWeights,
@@ -60,7 +74,7 @@ from hedonic_neurons.neurons.recording import (
     run_forward,
 )
 
-MODES = ("reference", "zero", "mean")
+MODES = ("reference", "zero", "mean", "resample")
 READOUTS = ("full", "local")
 
 
@@ -161,6 +175,7 @@ def ablation_logits(
     mode: str = "reference",
     reference: MLPWeights | None = None,
     means: torch.Tensor | None = None,
+    fills: torch.Tensor | np.ndarray | None = None,
     readout: str = "full",
     norm: bool = True,
     score_token_id: int | None = None,
@@ -174,8 +189,10 @@ def ablation_logits(
     wrapped module is used).
     ``neuron_sets``: lists of neuron indices (an empty set gives the unablated logit) or a bool
     (sets, n) mask. ``mode``: ``"reference"`` (needs ``reference``, that layer's reference
-    :class:`MLPWeights`; default for a NeuronModel: its reference weights), ``"zero"`` or
-    ``"mean"`` (needs ``means``, (n,)). ``readout``: ``"full"``
+    :class:`MLPWeights`; default for a NeuronModel: its reference weights), ``"zero"``,
+    ``"mean"`` (needs ``means``, (n,)) or ``"resample"`` (needs ``fills``, (B, n): row b the
+    token-mean activations of input b's donor, put at every position of input b; the same fill
+    for every set). ``readout``: ``"full"``
     (the model's output logit) or ``"local"`` (:func:`local_head` at ``layer`` on the residual right
     after it; the forward stops there). ``norm=False`` drops the head's nonlinearity (linear
     readout). ``score_token_id``: for causal LMs (see :func:`local_head`; default for a
@@ -186,7 +203,7 @@ def ablation_logits(
     Inside :func:`ablate` the neurons it ablates stay ablated here too; a set may not contain one
     of them (it would be ablated twice).
     """
-    model, owner = _unwrap_model(model)
+    model, owner = torch_model_of(model)
     _check_mode(mode)
     if readout not in READOUTS:
         raise ModelError(f"unknown readout '{readout}' (expected one of {', '.join(READOUTS)})")
@@ -199,6 +216,7 @@ def ablation_logits(
     masks = set_masks(neuron_sets, n, device)
     _check_not_ablated(mods.down, layer, masks.any(0).nonzero().squeeze(1).tolist())
     reference, means = _mode_weights(mode, owner, layer, n, reference, means, device)
+    fills = _check_fills(mode, fills, batch_size, n, device)
     if score_token_id is None and owner is not None:
         score_token_id = getattr(owner, "score_token_id", None)
     head_layer = layer if readout == "local" else n_layers(model) - 1
@@ -220,6 +238,7 @@ def ablation_logits(
             head,
             positions,
             prefix,
+            fills,
         )
         for start in range(0, len(masks), per_pass)
     ]
@@ -270,7 +289,47 @@ def _mode_weights(
     return None, None
 
 
-def _unwrap_model(model: Any) -> tuple[nn.Module, Any]:
+def _check_fills(mode: str, fills: Any, rows: int | None, n: int, device: Any) -> torch.Tensor | None:
+    """The checked per-row fills of ``"resample"`` as a floating-point (rows, n) tensor on
+    ``device`` (``rows=None``: any number of rows); None for the other modes, which take none."""
+    if mode != "resample":
+        if fills is not None:
+            raise ModelError(f"{arg('fills')} is only used by mode='resample', got mode='{mode}'")
+        return None
+    try:
+        tensor = None if fills is None else torch.as_tensor(fills)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"mode='resample': fills must be a (rows, {n}) array of numbers ({exc})") from None
+    expected = f"({'rows' if rows is None else rows}, {n})"
+    fits = tensor is not None and tensor.dim() == 2 and tensor.shape[1] == n
+    if not fits or (rows is not None and tensor.shape[0] != rows):
+        shape = None if tensor is None else tuple(tensor.shape)
+        raise ModelError(
+            f"mode='resample' needs fills of shape {expected}, got {shape}: pass {arg('fills')}"
+            "one row per input of the batch, the token-mean activations of that input's donor"
+        )
+    if not tensor.is_floating_point():
+        tensor = tensor.double()
+    if not bool(torch.isfinite(tensor).all()):
+        raise ModelError("mode='resample': fills contain NaN or infinite values; expected finite activations")
+    return tensor.to(device)
+
+
+def draw_donors(n_pool: int, n_inputs: int, seed: Any) -> np.ndarray:
+    """(n_inputs,) donor indices into a pool of ``n_pool`` inputs, one per input, drawn uniformly
+    with replacement by ``numpy.random.default_rng(seed)`` (``seed``: an int, a sequence of ints
+    or a Generator); the same seed gives the same donors."""
+    pool, count = _as_int(n_pool), _as_int(n_inputs)
+    if pool is None or pool < 1:
+        raise ConfigError(f"resample ablation needs a donor pool of at least one input, got {n_pool!r}")
+    if count is None or count < 0:
+        raise ConfigError(
+            f"the number of inputs to draw donors for must be an integer >= 0, got {n_inputs!r}"
+        )
+    return np.random.default_rng(seed).integers(0, pool, size=count, dtype=np.int64)
+
+
+def torch_model_of(model: Any) -> tuple[nn.Module, Any]:
     """``(the torch model to hook, the NeuronModel it came from or None)``.
 
     A NeuronModel gives its ``.model``; anything else goes through
@@ -395,6 +454,7 @@ def ablate(
     *,
     means: Any = None,
     reference: MLPWeights | None = None,
+    fills: Any = None,
 ) -> Iterator[nn.Module]:
     """Inside the ``with`` block, the neurons of ``coalitions`` at ``layer`` are ablated in every
     use of the model: a forward, ``generate`` (every step, with or without a KV cache), hidden
@@ -407,8 +467,10 @@ def ablate(
     Partition); ids must be distinct and in ``0..n-1``. ``mode``: ``"reference"`` (each neuron
     reverted to the reference weights: its up/gate rows with their biases and its down column;
     from the NeuronModel, or ``reference``: the layer's reference :class:`MLPWeights`),
-    ``"zero"`` (the neuron's activation set to 0) or ``"mean"`` (set to ``means[i]``;
-    ``means``: (n,) tensor or array).
+    ``"zero"`` (the neuron's activation set to 0), ``"mean"`` (set to ``means[i]``;
+    ``means``: (n,) tensor or array) or ``"resample"`` (set, in row b of the batch, to
+    ``fills[b, i]``: ``fills`` (B, n), the token-mean activations of each row's donor; every
+    forward inside the block must have B rows, else it raises :class:`ModelError`).
 
     Yields the torch model the hooks are on (``model.model`` for a NeuronModel). The hooks are
     removed on exit, also when the block raises. Contexts nest and compose: other layers, or
@@ -420,7 +482,7 @@ def ablate(
         with ablate(nm, 3, partition.top_k(2), mode="zero") as m:
             out = m.generate(**batch, max_new_tokens=5)
     """
-    target, owner = _unwrap_model(model)
+    target, owner = torch_model_of(model)
     _check_mode(mode)
     layer_index = _as_int(layer)
     layer = check_layer(target, layer if layer_index is None else layer_index)
@@ -430,11 +492,12 @@ def ablate(
     param = next(mods.down.parameters(), None)
     device = param.device if param is not None else None
     weights, mean_values = _mode_weights(mode, owner, layer, n, reference, means, device)
+    row_fills = _check_fills(mode, fills, None, n, device)
     mask = torch.zeros(1, n, dtype=torch.bool, device=device)
     mask[0, neurons] = True
     with _claimed(mods.down, layer, neurons), hooks() as hook_set:
         if neurons:
-            ablation_hooks(hook_set, mods, mask, mask[:, None, :], mode, weights, mean_values)
+            ablation_hooks(hook_set, mods, mask, mask[:, None, :], mode, weights, mean_values, row_fills)
         yield target
 
 
@@ -446,20 +509,46 @@ def ablation_hooks(
     mode: str,
     reference: MLPWeights | None,
     means: torch.Tensor | None,
+    fills: torch.Tensor | None = None,
 ) -> None:
     """Register, on ``hook_set``, the hooks that ablate the neurons of ``row_masks`` at one layer.
 
     ``mods``: the layer's MLP modules; ``masks`` (sets, n) the neuron sets; ``row_masks`` (rows,
     1, n) each batch row's set (a single (1, 1, n) row applies to every row of any batch).
-    ``mode="zero"`` / ``"mean"`` replace the masked activations at the down projection's input
-    (``means``: the per-neuron means); ``"reference"`` also adds the masked neurons' output under
-    the ``reference`` weights, computed from the MLP's input for the masked columns only.
+    ``mode="zero"`` / ``"mean"`` / ``"resample"`` replace the masked activations at the down
+    projection's input (``means``: the per-neuron means; ``fills`` (rows, n): each batch row's
+    fill, put at every position of that row, so a forward must have exactly ``rows`` rows);
+    ``"reference"`` also adds the masked neurons' output under the ``reference`` weights, computed
+    from the MLP's input for the masked columns only.
     """
+    if mode == "resample":
+        if fills is None or fills.dim() != 2 or fills.shape[1] != row_masks.shape[-1]:
+            shape = None if fills is None else tuple(fills.shape)
+            raise ModelError(
+                f"mode='resample' needs fills of shape (rows, {row_masks.shape[-1]}), got {shape}: "
+                f"pass {arg('fills')}one row per input row, the token-mean activations of its donor"
+            )
+        if row_masks.shape[0] not in (1, fills.shape[0]):
+            raise ModelError(
+                f"mode='resample': {fills.shape[0]} fill rows for {row_masks.shape[0]} masked rows; "
+                "expected one fill row per batch row"
+            )
+
+    def fill_of(a: torch.Tensor) -> torch.Tensor:
+        if mode == "mean":
+            return means.to(a.dtype)
+        if mode != "resample":
+            return a.new_zeros(())
+        if a.shape[0] != fills.shape[0]:
+            raise ModelError(
+                f"mode='resample' has fills for {fills.shape[0]} rows but layer input has a batch of "
+                f"{a.shape[0]} rows; expected one fill row per row of the batch"
+            )
+        return fills.to(device=a.device, dtype=a.dtype).reshape(a.shape[0], *[1] * (a.dim() - 2), -1)
 
     def replace(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         a = args[0]
-        fill = means.to(a.dtype) if mode == "mean" else a.new_zeros(())
-        return (torch.where(row_masks.to(a.device), fill, a), *args[1:])
+        return (torch.where(row_masks.to(a.device), fill_of(a), a), *args[1:])
 
     if mode != "reference":
         hook_set.pre(mods.down, replace)
@@ -491,9 +580,11 @@ def repeated_forward(
     layer: int,
     prefix: Any,
     install: Callable[[HookSet, dict[str, Any]], None],
+    fills: torch.Tensor | None = None,
 ) -> None:
     """One forward of ``inputs`` repeated once per row of ``masks`` (sets, n): copy r (rows
     r·B .. r·B+B-1) runs with neuron set r of ``layer`` ablated (:func:`ablation_hooks`).
+    ``fills`` (B, n): for ``mode="resample"``, input b's fill, used in every copy of input b.
 
     ``install(hook_set, repeated_inputs)`` registers the caller's reading hooks after the ablation
     hooks. ``prefix``: None, or the output of block ``layer - 1`` on the unrepeated inputs
@@ -502,8 +593,9 @@ def repeated_forward(
     sets, batch_size = masks.shape[0], inputs["attention_mask"].shape[0]
     rep = {key: repeat_batch(value, sets, batch_size) for key, value in inputs.items()}
     row_masks = masks.repeat_interleave(batch_size, dim=0)[:, None, :]  # (sets*B, 1, n)
+    row_fills = None if fills is None else fills.repeat(sets, 1)  # (sets*B, n), row r·B+b: input b
     with hooks() as hook_set:
-        ablation_hooks(hook_set, mods, masks, row_masks, mode, reference, means)
+        ablation_hooks(hook_set, mods, masks, row_masks, mode, reference, means, row_fills)
         install(hook_set, rep)
         if prefix is None:
             run_forward(model, rep)
@@ -526,6 +618,7 @@ def _ablated_pass(
     head: Any,
     positions: torch.Tensor,
     prefix: Any = None,
+    fills: torch.Tensor | None = None,
 ) -> torch.Tensor:
     sets, batch_size = masks.shape[0], positions.shape[0]
     store: dict[str, torch.Tensor] = {}
@@ -533,7 +626,9 @@ def _ablated_pass(
     def read_residual(hook_set: HookSet, rep: dict[str, Any]) -> None:
         site_hooks(model, head_layer, hook_set, store)
 
-    repeated_forward(model, mods, inputs, masks, mode, reference, means, layer, prefix, read_residual)
+    repeated_forward(
+        model, mods, inputs, masks, mode, reference, means, layer, prefix, read_residual, fills=fills
+    )
     resid = store["resid"]
     rows = torch.arange(resid.shape[0], device=resid.device)
     return head(resid[rows, positions.repeat(sets)]).reshape(sets, batch_size)

@@ -281,14 +281,17 @@ def pas(
 
     Positive means complements (each neuron matters only when the other is present), negative
     substitutes. ℓ is the layer-local logit (``readout="local"``: the model's own head on the
-    residual right after the layer) or the model's output (``"full"``); ℓ_{−S} the same with the
+    residual right after the layer), the model's output (``"full"``, the neurons ablated at every
+    position) or ``"next-block"`` (the model above the layer run on the residual at the readout
+    position, the neurons ablated at that position only: exact on requested pairs, taylor and
+    grad-outer for all pairs; :mod:`hedonic_neurons.synergy.nextblock`); ℓ_{−S} the same with the
     neurons of S ablated: reverted to the reference (pre-fine-tuning) weights
     (``ablation="reference"``, needs a model loaded with an adapter or a reference) or zeroed
     (``"zero"``). ``mode``: ``exact`` (the definition; for the local readout in closed form
     for all pairs at once), ``taylor`` (second-order: d_iᵀ H d_j with H the head's Hessian in
     residual space) or ``grad-outer`` (the public code's surrogate −E[(g⊙a)(g⊙a)ᵀ]); the full
-    readout supports ``exact`` only. ``pairs``: neuron pairs (i, j) to report (φ is zero
-    elsewhere); default all pairs, or for the full readout ``max_pairs`` pairs drawn with
+    readout supports ``exact`` only; next-block supports all three. ``pairs``: neuron pairs
+    (i, j) to report (φ is zero elsewhere); default all pairs, or for the full readout ``max_pairs`` pairs drawn with
     ``seed`` when ``max_pairs`` is given. ``with_se=True``: ``(phi, se)``, se = sd / √N of the
     per-input values over the N inputs (needs N ≥ 2). ``max_elements``, ``pair_dtype``: memory
     bound of one block and precision of the tanh path's per-pair work (defaults as in

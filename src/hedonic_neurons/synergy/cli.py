@@ -46,13 +46,19 @@ def collect(
         help="A registered synergy metric (hedonic_neurons.synergy.METRICS): built in oca | pas.",
     ),
     mode: str = typer.Option("exact", "--mode", help="PAS: exact | taylor | grad-outer"),
-    readout: str = typer.Option("local", "--readout", help="PAS: local (head after the layer) | full"),
+    readout: str = typer.Option(
+        "local",
+        "--readout",
+        help="PAS: local (head after the layer) | full | next-block (model above the layer)",
+    ),
     ablation: str = typer.Option(
         "reference", "--ablation", help="PAS: reference (revert to pre-LoRA) | zero"
     ),
     data: str = typer.Option("demo", "--data", help="demo, a dataset name, or a top1000-style TSV."),
     max_pairs: int | None = typer.Option(
-        None, "--max-pairs", help="PAS --readout full: number of neuron pairs (sampled with --seed)."
+        None,
+        "--max-pairs",
+        help="PAS --readout full, or next-block --mode exact: number of neuron pairs (sampled with --seed).",
     ),
     max_inputs: int | None = typer.Option(
         None, "--max-inputs", help="Use the first N (query, passage) pairs (any metric)."

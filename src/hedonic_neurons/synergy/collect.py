@@ -15,7 +15,9 @@ The metric is any one registered in :data:`~hedonic_neurons.synergy.base.METRICS
   input at the readout position (:func:`~hedonic_neurons.neurons.capture_site`) give the per-neuron
   shifts d_i, and :mod:`~hedonic_neurons.synergy.pas` adds Σ_x Δ (and Σ_x Δ²) for all pairs;
   ``full`` readout: batched ablation forwards (∅, {i}, {j}, {i, j}) for a requested set of
-  pairs. Standard errors: sd / √N of the per-input values.
+  pairs; ``next-block`` readout: the same d_i, read through the model above the layer
+  (:mod:`~hedonic_neurons.synergy.nextblock`; exact on requested pairs, taylor and grad-outer
+  for all). Standard errors: sd / √N of the per-input values.
 
 ``settings.max_inputs`` selects the first N pairs for any metric (``hedonic collect
 --max-inputs``); the pipeline's input budget ``phi.max_inputs`` is passed on to non-streaming
@@ -49,6 +51,7 @@ from hedonic_neurons.models.neuron_model import encode_pairs
 from hedonic_neurons.synergy.base import METRICS, SynergyMetric, reference_error
 from hedonic_neurons.synergy.distributed import World, barrier
 from hedonic_neurons.synergy.heads import NormAffineHead, NormTanhHead, structured_head
+from hedonic_neurons.synergy.nextblock import NextBlockReadout, exact_pairs_sum
 from hedonic_neurons.synergy.oca import oca_phi, oca_se
 from hedonic_neurons.synergy.pas import (
     MAX_ELEMENTS,
@@ -66,7 +69,7 @@ if TYPE_CHECKING:
     from hedonic_neurons.models.neuron_model import NeuronModel
 
 MODES = ("exact", "taylor", "grad-outer")
-READOUTS = ("local", "full")
+READOUTS = ("local", "full", "next-block")
 ABLATIONS = ("reference", "zero")
 POOLINGS = ("tokens", "mean", "last")
 ACCUMULATE = ("mixed", "fp64")
@@ -360,7 +363,7 @@ class PASCollector(SynergyMetric):
     def describe_settings(cls, settings: Any, metric: str) -> dict[str, Any]:
         out = super().describe_settings(settings, metric)
         out["pooling"] = "readout"
-        if settings.readout == "full":
+        if settings.readout == "full" or (settings.readout == "next-block" and settings.mode == "exact"):
             out["max_pairs"] = settings.max_pairs
         return out
 
@@ -384,9 +387,9 @@ class PASCollector(SynergyMetric):
         (the second difference is computed without cancellation, see
         :func:`~hedonic_neurons.synergy.pas.exact_local_sum`) and 2.5x faster than float64.
         ``pairs``: the neuron pairs (m, 2) to report (:func:`check_pairs`); φ and its standard
-        errors are zero elsewhere. Default: for the ``full`` readout ``settings.max_pairs``
-        pairs drawn with ``settings.seed`` (all pairs when it is None), for ``local`` all pairs
-        (the closed forms compute every pair at once)."""
+        errors are zero elsewhere. Default: for the ``full`` readout and the exact ``next-block``
+        one ``settings.max_pairs`` pairs drawn with ``settings.seed`` (all pairs when it is None),
+        otherwise all pairs (the closed forms compute every pair at once)."""
         from hedonic_neurons.neurons import local_head
 
         self.nm, self.layer, self.settings = nm, layer, settings
@@ -406,6 +409,11 @@ class PASCollector(SynergyMetric):
             return
         self.weights = _fp32(nm.mlp_weights(layer))
         self.ref32 = _fp32(self.reference) if self.reference is not None else None
+        if settings.readout == "next-block":  # the model above the layer, per batch (update)
+            if self.pairs is None and settings.mode == "exact":
+                self.pairs = sample_pairs(nm.n_neurons, settings.max_pairs, settings.seed)
+            self.head_kind = "next-block"
+            return
         self.head = local_head(nm.model, layer, dtype=torch.float32)  # copies: safe to freeze
         for module in (self.head.norm, self.head.pooler):
             if module is not None:
@@ -450,18 +458,23 @@ class PASCollector(SynergyMetric):
         step = max(1, MAX_SHIFT_ELEMENTS // (n * d))
         out, sq = self.sums.sum, self.sums.sq
         mode = self.settings.mode
+        next_block = self.settings.readout == "next-block"
+        upper = NextBlockReadout(self.nm, batch, self.layer) if next_block else None
         for s in range(0, r.shape[0], step):
             rows = slice(s, s + step)
             if mode == "grad-outer":
                 with torch.enable_grad():
-                    grads = head_gradients(self.head, r[rows]).detach() @ down
+                    g_r = head_gradients(self.head, r[rows]) if upper is None else upper.gradients(rows)
+                grads = g_r.detach().to(down.dtype) @ down
                 grad_outer_sum(grads, a[rows], out, sq)
                 continue
             shifts = residual_shifts(a[rows], down, a_ref[rows] if a_ref is not None else None, ref_down)
-            if mode == "taylor":
+            if upper is not None and mode == "exact":
+                exact_pairs_sum(upper, shifts, self.pairs, out, sq, rows=rows)
+            elif mode == "taylor":
                 with torch.enable_grad():
-                    hess = head_hessians(self.head, r[rows]).detach()
-                taylor_sum(shifts, hess, out, sq)
+                    hess = head_hessians(self.head, r[rows]) if upper is None else upper.hessians(rows)
+                taylor_sum(shifts, hess.detach(), out, sq)
             else:
                 head = self.structured if self.structured is not None else self.head
                 exact_local_sum(

@@ -97,6 +97,11 @@ def neuron_flow(
     """
     if mode not in MODES:
         raise ModelError(f"unknown ablation mode '{mode}' (expected one of {', '.join(MODES)})")
+    if mode == "resample":
+        raise ModelError(
+            "neuron_flow does not support mode='resample' (it needs per-input donor fills); "
+            "use 'zero', 'mean' or 'reference'"
+        )
     layer = check_layer(model, layer)
     targets = sorted({check_layer(model, int(t)) for t in target_layers})
     if not targets or targets[0] <= layer:
