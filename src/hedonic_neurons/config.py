@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from hedonic_neurons.cachekey import cache_key
-from hedonic_neurons.errors import ConfigError
+from hedonic_neurons.errors import ConfigError, HedonicError
 
 Task = Literal["cqtr", "mean_tf_l", "rm"]
 
@@ -152,7 +152,11 @@ class PhiConfig(_Strict):
         ["oca", "pas"], min_length=1
     )
     pas_mode: Literal["exact", "taylor", "grad-outer"] = "exact"
-    readout: Literal["local", "full"] = "local"
+    # PAS readout: "local" (the head on the residual after the layer), "full" (the model's output,
+    # neurons ablated at every position; exact mode only) or "next-block" (the model above the layer
+    # on the residual at the readout position: taylor costs d passes of the upper model per input;
+    # exact and full run 4 logits per pair, ~n²/2 upper-model passes per input for all pairs)
+    readout: Literal["local", "full", "next-block"] = "local"
     # the input budget of the expensive metrics (PAS: the first max_inputs training pairs);
     # streaming metrics (OCA: one forward pass per batch) always use every training pair
     max_inputs: int = Field(512, ge=8)
@@ -253,7 +257,12 @@ class EvaluateConfig(_Strict):
     # among those with size in size_band; every method is size-matched to the reference's picks
     selection: Literal["cohesion", "largest"] = "cohesion"
     size_band: tuple[int, int] = (5, 64)
-    ablation_modes: list[Literal["reference", "mean", "zero"]] = Field(["reference"], min_length=1)
+    # the ablations the effects are measured under, side by side: "reference" (the default), "mean",
+    # "zero", "resample" (each test pair's ablated neurons take the token-mean activations of a
+    # seeded donor training pair, one donor per pair)
+    ablation_modes: list[Literal["reference", "mean", "zero", "resample"]] = Field(
+        ["reference"], min_length=1
+    )
     null_sets: int = Field(200, ge=200)  # random size-matched sets per size bin
     null_bins_per_octave: int = Field(1, ge=1)  # log-scale size bins
     null_pairs: int = Field(64, ge=8)  # test pairs (whole queries) of the null's shared subsample
@@ -334,6 +343,40 @@ class RunConfig(_Strict):
             raise ValueError("baselines must not repeat")
         return v
 
+    # the files of the 'given' baseline (a fixed partition evaluated like the others): one per
+    # analysed layer, each a partition JSON or a 'hedonic plant' ground_truth.json that names its
+    # layer (paths relative to the config file); set exactly when 'given' is in baselines
+    given: list[str] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("given", mode="before")
+    @classmethod
+    def _one_or_more_files(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("given")
+    @classmethod
+    def _given_iff_named(cls, v: list[str], info: Any) -> list[str]:
+        named = "given" in (info.data.get("baselines") or [])
+        if named and not v:
+            raise ValueError(
+                "baselines lists 'given' but no file is set; expected given: PATH (a partition JSON or "
+                "a plant ground_truth.json, one per analysed layer)"
+            )
+        if v and not named:
+            raise ValueError("files are set but 'given' is not in baselines; expected baselines: [.., given]")
+        if len(set(v)) != len(v):
+            raise ValueError("files must not repeat")
+        return v
+
+    def baseline_settings(self, layer: int) -> dict[str, dict[str, Any]]:
+        """The baselines' parameters at ``layer`` (``partition_layer(settings=...)``): for the
+        'given' baseline, the file of that layer (``{}`` when no file is given)."""
+        if not self.given:
+            return {}
+        from hedonic_neurons.baselines.given import check_given
+
+        return {"given": {"path": check_given(self.given, self.layers)[layer], "layer": layer}}
+
     tracking: TrackingConfig = TrackingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     max_length: int = Field(128, ge=16)
@@ -347,9 +390,16 @@ class RunConfig(_Strict):
         return sorted(v)
 
     def section_key(self, *names: str) -> str:
-        """A stable hash of some top-level sections: the cache key of a pipeline stage."""
+        """A stable hash of some top-level sections: the cache key of a pipeline stage. With
+        'given' files, ``baselines`` also stands for them and their contents (SHA-256), so a
+        changed file recomputes every stage that depends on the baselines."""
         dump = self.model_dump(mode="json")
-        return cache_key({n: dump[n] for n in names})
+        picked = {n: dump[n] for n in names}
+        if "baselines" in names and self.given:
+            import hashlib
+
+            picked["given"] = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in self.given}
+        return cache_key(picked)
 
 
 def _first_error(exc: ValidationError, source: str) -> str:
@@ -374,6 +424,13 @@ def _resolve(path: str, base: Path, what: str) -> str:
     if not p.exists():
         raise ConfigError(f"{what}: file not found: {p}")
     return str(p)
+
+
+def _builtin(name: str) -> bool:
+    """Whether ``name`` is a built-in model name (a reference may be one, like the model)."""
+    from hedonic_neurons.models.builtins import BUILTINS
+
+    return name in BUILTINS
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -427,8 +484,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     updates["data"] = data
     for key in ("adapter", "reference"):
         value = getattr(cfg, key)
-        if value is not None:
+        if value is not None and not (key == "reference" and _builtin(value)):
             updates[key] = _resolve(value, base, f"{source}: {key}")
+    if cfg.given:
+        from hedonic_neurons.baselines.given import check_given
+
+        files = [_resolve(p, base, f"{source}: given") for p in cfg.given]
+        try:  # every file read and checked; its layer against the layers (negative ones: in check_run)
+            check_given(files, cfg.layers if min(cfg.layers) >= 0 else None)
+        except HedonicError as exc:
+            raise type(exc)(f"{source}: 'given': {exc}") from None
+        updates["given"] = files
     if cfg.task == "rm":
         for split in ("train", "test"):
             src = getattr(data, split)

@@ -10,8 +10,8 @@ stage          folder                      what
 finetune       ``finetune/``               LoRA adapter (skipped when ``adapter`` is given)
 phi            ``phi/<metric>/``           φ per layer (:func:`hedonic_neurons.synergy.collect`,
                                            itself resumable batch by batch)
-activations    ``activations/``            pooled (mean) activations of the train and test
-                                           pairs, E|a| per layer
+activations    ``activations/``            pooled activations of the train and test pairs per
+                                           layer: mean over tokens, readout token, query tokens
 partitions     ``partitions/<method>/``    hedonic (one per φ metric) and baseline partitions,
                                            one JSON per seed and layer
 tracking       ``tracking/<method>/``      transitions from each layer to the next h layers against a null, Sankey (seed 0)
@@ -372,7 +372,9 @@ class Pipeline:
         )
         return {method: part for (method, _), part in got.items()}
 
-    def resample_layer(self, layer: int, ctx: Any, config: Any, means: Any = None) -> dict[str, Any]:
+    def resample_layer(
+        self, layer: int, ctx: Any, config: Any, means: Any = None, donors: Any = None
+    ) -> dict[str, Any]:
         """φ resampling at one layer, after its evaluation (``ctx``: its
         :class:`~hedonic_neurons.evaluate.base.LayerContext`; ``config``: the evaluation's
         settings, ablation modes included): every hedonic partition re-solved on each φ resample,
@@ -396,12 +398,19 @@ class Pipeline:
             seed=seed,
         )
         reference = self.nm.reference_mlp_weights(layer) if self.nm.has_reference else None
+        fills = None
+        if "resample" in config.ablation_modes:  # the main evaluation's donors: same seed, same layer
+            from hedonic_neurons.evaluate.layer import donor_fills
+
+            n = int(self.nm.n_neurons)
+            fills = donor_fills(donors, len(self.test), seed=cfg.seed, layer=layer, n_neurons=n)[1]
         effects = {}
         for mode in config.ablation_modes:
             effects[mode] = resample_effects(
                 self.nm, layer, self.test, chosen, mode=mode, task=cfg.task, y_test=ctx.y, sd=ctx.sd,
                 reference=reference if mode == "reference" else None,
-                means=means if mode == "mean" else None, batch_size=cfg.phi.batch_size,
+                means=means if mode == "mean" else None, fills=fills if mode == "resample" else None,
+                batch_size=cfg.phi.batch_size,
             )  # fmt: skip
         rows, consensus = stability_rows(
             {m: [p[m].labels for p in parts] for m in hedonic},
@@ -417,31 +426,44 @@ class Pipeline:
         }
 
     def stage_activations(self) -> None:
-        """Mean-pooled activations of the train/test pairs and E|a| per layer (float32 .npy)."""
-        from hedonic_neurons.neurons import record
-        from hedonic_neurons.tracking.run import iter_batches
+        """Pooled activations of the train/test pairs per layer at every read position (float32
+        .npy; :func:`~hedonic_neurons.evaluate.extrinsic.record_positions`, one pass per split):
+        ``<split>_layer<L>.npy`` the mean over all tokens, ``..._readout.npy`` the token the head
+        reads, ``..._query.npy`` the mean over the query tokens (with a fast tokenizer). The
+        positions recorded are listed in the stage's ``stage.json``."""
+        from hedonic_neurons.evaluate.extrinsic import record_positions
+        from hedonic_neurons.evaluate.regression import READ_POSITIONS
 
         cfg = self.cfg
         folder = self.out / "activations"
-        stage = Stage(folder, self._model_key())
+        stage = Stage(folder, self._model_key() + "+positions")
         if stage.done():
             return
         _log("recording pooled activations of the train and test pairs")
         folder.mkdir(parents=True, exist_ok=True)
-        bs = cfg.phi.batch_size
+        fast = getattr(self.nm.tokenizer, "is_fast", False)
+        positions = [p for p in READ_POSITIONS if p != "query" or fast]
+        if "query" not in positions:
+            _log("the tokenizer is not a fast one (no character offsets): no query-token features")
         for split, pairs in (("train", self.train), ("test", self.test)):
-            with record(
-                self.nm.model, cfg.layers, pooling="mean", moments=False, keep=True, stop_after=True
-            ) as rec:
-                for batch in iter_batches(self.nm, pairs, bs):
-                    rec(batch)
-                for layer in cfg.layers:
-                    acts = np.concatenate([t.float().cpu().numpy() for t in rec.kept[layer]])
-                    np.save(folder / f"{split}_layer{layer}.npy", acts)
-        stage.finish(train_pairs=len(self.train), test_pairs=len(self.test))
+            got = record_positions(self.nm, pairs, cfg.layers, cfg.phi.batch_size, positions)
+            for layer in cfg.layers:
+                for pos in positions:
+                    np.save(self._acts_path(split, layer, pos), got[layer][pos])
+        stage.finish(train_pairs=len(self.train), test_pairs=len(self.test), positions=positions)
 
-    def acts(self, split: str, layer: int) -> np.ndarray:
-        return np.load(self.out / "activations" / f"{split}_layer{layer}.npy")
+    def _acts_path(self, split: str, layer: int, position: str = "mean") -> Path:
+        suffix = "" if position == "mean" else f"_{position}"
+        return self.out / "activations" / f"{split}_layer{layer}{suffix}.npy"
+
+    def acts(self, split: str, layer: int, position: str = "mean") -> np.ndarray:
+        """Pooled activations (pairs, n) of ``split`` at ``layer``, read at ``position``."""
+        return np.load(self._acts_path(split, layer, position))
+
+    def acts_at(self, split: str, layer: int) -> dict[str, np.ndarray]:
+        """``{position: pooled activations}`` for every read position the activations stage recorded."""
+        positions = read_json(self.out / "activations" / "stage.json").get("positions", ["mean"])
+        return {pos: self.acts(split, layer, pos) for pos in positions}
 
     def _model_key(self, *sections: str) -> str:
         """Cache key of a stage: model identity, input format, the data-defining sections and ``sections``.
@@ -590,6 +612,7 @@ class Pipeline:
             ev_cfg = ev.model_copy(update={"ablation_modes": modes})
         new_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ev.evaluations}
         design: list[dict[str, Any]] = []
+        ceilings: list[dict[str, Any]] = []  # ridge on every neuron / top PCs per layer (ceiling_rows)
         resampled: list[dict[str, Any]] = []  # φ-data resampling (evaluate.phi_resamples), per layer
         if ev.phi_resamples:
             self.stage_phi_resample()
@@ -603,7 +626,9 @@ class Pipeline:
             bar.set_postfix(layer=layer)
             phis = {m: self.phi(m, layer) for m in cfg.phi.metrics}
             phi = phis[phi_metric]
-            a_train, a_test = self.acts("train", layer), self.acts("test", layer)
+            # pooled activations at every read position recorded (mean, readout, query)
+            at_train, at_test = self.acts_at("train", layer), self.acts_at("test", layer)
+            a_train = at_train["mean"]
             # the paper's per-coalition measures (hedonic_neurons.evaluate.extrinsic)
             rows.extend(
                 extrinsic_rows(
@@ -614,8 +639,8 @@ class Pipeline:
                     reference_method=self.reference_method,
                     phis=phis,
                     phi_metric=phi_metric,
-                    acts_train=a_train,
-                    acts_test=a_test,
+                    acts_train=at_train,
+                    acts_test=at_test,
                     k=cfg.game.k,
                     top_k=ev.top_k,
                     min_size=ev.min_size,
@@ -624,6 +649,10 @@ class Pipeline:
                     progress=bar,
                 )
             )
+            # the ceiling beside every method's macro-feature ridge: all neurons, top top_k PCs
+            from hedonic_neurons.evaluate.extrinsic import ceiling_rows
+
+            ceilings.extend(ceiling_rows(layer, data, at_train, at_test, n_pcs=ev.top_k, seed=ev.seeds[0]))
             # the evaluations that can tell a coalition from chance (hedonic_neurons.evaluate.layer)
             from hedonic_neurons.evaluate.layer import evaluate_layer
 
@@ -641,6 +670,7 @@ class Pipeline:
                 phi=phi,
                 reference=self.nm.reference_mlp_weights(layer) if self.nm.has_reference else None,
                 means=a_train.mean(0) if "mean" in modes else None,
+                donors=a_train if "resample" in modes else None,
                 seed=cfg.seed,
                 batch_size=cfg.phi.batch_size,
                 progress=bar,
@@ -654,7 +684,10 @@ class Pipeline:
                 from hedonic_neurons.evaluate.resample import attach_phi_intervals
 
                 _log(f"φ resampling of layer {layer}: {ev.phi_resamples} re-solved partitions per method")
-                got = self.resample_layer(layer, ctx, ev_cfg, a_train.mean(0) if "mean" in modes else None)
+                got = self.resample_layer(
+                    layer, ctx, ev_cfg, a_train.mean(0) if "mean" in modes else None,
+                    a_train if "resample" in modes else None,
+                )  # fmt: skip
                 got["effects_rms_phi"] = {}
                 for mode, by in got["effects"].items():
                     got["effects_rms_phi"][mode] = attach_phi_intervals(
@@ -682,6 +715,7 @@ class Pipeline:
             "phi_for_synergy_and_certificate": phi_metric,
             "evaluations": new_rows,
             "design": design,
+            "ridge_ceiling": ceilings,
             "ablation_modes": modes,
         }
         if ev.phi_resamples:  # φ-data resampling: stability, consensus, per-resample effects
@@ -720,9 +754,12 @@ class Pipeline:
             }
             for m in self.methods
         ]
-        ridge = [
-            {"method": m, **{k: mean_ci(per_seed(m, k)).to_dict() for k in RIDGE}} for m in self.methods
-        ]
+        from hedonic_neurons.evaluate.extrinsic import position_tables
+
+        # ridge (with its ceiling) and alignment at every read position
+        ridge, alignment = position_tables(
+            rows, self.methods, cfg.evaluate.seeds, self.evaluation.get("ridge_ceiling", []), RIDGE
+        )
         sizes = {}
         for m in self.methods:
             sizes[m] = {}
@@ -787,6 +824,7 @@ class Pipeline:
             "seeds": cfg.evaluate.seeds,
             "table_extrinsic": extrinsic,
             "table_ridge": ridge,
+            "table_alignment": alignment,
             "evaluation_tables": tables,
             "summary": summary,
             "sizes": sizes,

@@ -89,7 +89,15 @@ def alignment_r2(
 
 
 def _r2(y: np.ndarray, pred: np.ndarray) -> float:
-    if np.var(y) == 0:  # a constant target has no variance to explain
+    """R² of ``pred`` against ``y``; NaN for a target with no variance to explain.
+
+    A target counts as constant when its range is at most 1e-6 of its largest magnitude: the
+    variance of values equal up to float32 rounding (a query-level feature repeated for each of
+    the query's passages, say: ``np.var`` of ten copies of 0.3 is 3e-33, not 0) is rounding
+    error, and R² against it would be any huge number.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    if y.size == 0 or np.ptp(y) <= 1e-6 * np.abs(y).max():
         return float("nan")
     return float(r2_score(y, pred))
 
@@ -361,7 +369,8 @@ def _fit_ridge(
     if n_pcs is not None:
         from sklearn.decomposition import PCA
 
-        reduce = PCA(n_components=min(int(n_pcs), *x.shape), random_state=seed).fit(x)
+        with np.errstate(invalid="ignore", divide="ignore"):  # constant features: no variance ratio
+            reduce = PCA(n_components=min(int(n_pcs), *x.shape), random_state=seed).fit(x)
         x = reduce.transform(x)
     model = GroupedRidgeCV(alphas, n_splits).fit(x, y, codes)
     return (lambda xb: model.predict(reduce.transform(xb) if reduce is not None else xb)), model
@@ -678,6 +687,10 @@ def random_set_null(
 
 
 # ------------------------------------------------------------------------------ read positions
+
+#: where a pair's activations are read: the mean over all its tokens, the token the model's head
+#: reads (the last non-pad token of a decoder, [CLS] of an encoder), the mean over its query tokens
+READ_POSITIONS = ("mean", "readout", "query")
 
 
 def by_position(

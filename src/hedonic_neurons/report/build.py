@@ -10,7 +10,11 @@ Input is the results document assembled by the pipeline (see :func:`hedonic_neur
   a plain list is shown under one heading);
 - ``table_extrinsic``: rows ``{"method", "ood_drop", "alignment_r2", "synergy", "blocking_upper", ...}``
   whose metric values are :class:`~hedonic_neurons.evaluate.stats.Estimate` dicts;
-- ``table_ridge``: rows ``{"method", "<task>": Estimate}``;
+- ``table_ridge``: rows ``{"method", "<task>": Estimate}``, with ``"position"`` (where the
+  activations were read: ``mean``, ``readout``, ``query``) when the run recorded positions; rows
+  whose method starts with ``ceiling`` are the ridge on every neuron / on the top principal
+  components beside the methods' macro-features;
+- ``table_alignment``: rows ``{"method", "position", "alignment_r2", ...: Estimate}``;
 - ``evaluation_tables``: ``{title: [flat row dicts]}``, values numbers, strings or
   ``{"mean", "low", "high"}`` dicts (shown as ``mean [low, high]``);
 - ``sizes``: ``{method: {layer: size_summary}}``;
@@ -45,6 +49,8 @@ from hedonic_neurons.artifacts import atomic_write_text, write_json
 METRIC_TITLES = {
     "ood_drop": "OOD drop ↑",
     "alignment_r2": "alignment R² ↑",
+    "alignment_r2_ood": "alignment R², OOD ↑",
+    "alignment_r2_ood_refit": "alignment R², OOD refitted ↑",
     "synergy": "mean pairwise φ ↑",
     "blocking_upper": "blocking-rate bound ↓",
     "blocking_upper_phi": "φ-aware blocking bound ↓",
@@ -66,6 +72,10 @@ METRIC_NOTES = {
     "ridge_r2_ood": "the same model fitted on all train pairs, scored on the out-of-domain test pairs",
     "ridge_r2_ood_refit": "OOD R² after refitting intercept and scale on a held-out half of the test queries",
     "ridge_r2_ood_constant": "what the training mean scores OOD: label shift alone",
+    "alignment_r2_ood": "the same regressions fitted on all train pairs, scored on the out-of-domain "
+    "test pairs",
+    "alignment_r2_ood_refit": "OOD alignment R² after refitting intercept and scale on a held-out half of "
+    "the test queries",
     "ridge_null_percentile": "percentile of the in-domain R² among random size-matched coalitions",
     "synergy": "mean φ over pairs of members",
     "blocking_upper": "95% upper bound on the rate at which random small coalitions block the partition",
@@ -74,6 +84,20 @@ METRIC_NOTES = {
     "fewer than K when a method has fewer eligible coalitions or a baseline had no cluster large "
     "enough to size-match",
 }
+#: what the position column and the ceiling rows of the ridge and alignment tables mean
+POSITION_NOTE = (
+    "position: where each pair's activations were read — mean: the mean over all its tokens; readout: "
+    "the token the model's head reads (the last non-pad token of a decoder, [CLS] of an encoder); "
+    "query: the mean over its query tokens (in a decoder whose template puts the query before the "
+    "passage, the default, the query tokens cannot attend to the passage: their features are the same "
+    "for every passage of a query and can only tell queries apart)"
+)
+CEILING_NOTE = (
+    "ceiling rows: the same ridge (target, per-query label standardisation, query-grouped folds, α grid) "
+    "on every neuron of the layer, and on the top K principal components of the same activations, K = "
+    "evaluate.top_k, the most coalitions a method's ridge gets (as many features, chosen by variance); "
+    "α is chosen once on all training pairs, which can only flatter the ceiling; mean over layers"
+)
 COUNT_METRICS = {"k"}  # counts: printed as integers, not plotted
 NOT_PLOTTED = COUNT_METRICS
 LABELS = ("persistence", "split", "merge", "vanishing", "emergence", "unstructured")
@@ -192,9 +216,18 @@ def _method_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and body of a {method, metric: Estimate} table (mean ± CI half-width, scaled per column)."""
     cols = _columns(rows)
     scales = {c: 0 if c in COUNT_METRICS else column_scale([r.get(c) for r in rows]) for c in cols}
-    head = ["method", *(METRIC_TITLES.get(c, c) + scale_label(scales[c]) for c in cols)]
+    positions = any("position" in r for r in rows)  # ridge / alignment: one row per read position
+    head = [
+        "method",
+        *(["position"] if positions else []),
+        *(METRIC_TITLES.get(c, c) + scale_label(scales[c]) for c in cols),
+    ]
     body = [
-        [str(row["method"]), *(_fmt(row.get(c), scale=scales[c], count=c in COUNT_METRICS) for c in cols)]
+        [
+            str(row["method"]),
+            *([str(row.get("position", ""))] if positions else []),
+            *(_fmt(row.get(c), scale=scales[c], count=c in COUNT_METRICS) for c in cols),
+        ]
         for row in rows
     ]
     return head, body
@@ -211,6 +244,16 @@ def _html_table(rows: list[dict]) -> str:
 
 def _metric_notes(rows: list[dict]) -> list[str]:
     return [f"{METRIC_TITLES.get(c, c)}: {METRIC_NOTES[c]}" for c in _columns(rows) if c in METRIC_NOTES]
+
+
+def _ridge_notes(rows: list[dict]) -> list[str]:
+    """The notes under a ridge or alignment table: its columns, then positions and ceilings where shown."""
+    notes = _metric_notes(rows)
+    if any("position" in r for r in rows):
+        notes.append(POSITION_NOTE)
+    if any(str(r.get("method", "")).startswith("ceiling") for r in rows):
+        notes.append(CEILING_NOTE)
+    return notes
 
 
 def generic_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -286,21 +329,25 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def methods_figure(rows: list[dict], title: str):
-    """One panel per metric (at most two per row): bars = methods, error bars = 95% CI."""
+    """One panel per metric (at most two per row): bars = methods, error bars = 95% CI. Rows with a
+    ``position`` (ridge, alignment) are labelled ``method @ position``, one colour per method."""
     cols = [c for c in _columns(rows) if c not in NOT_PLOTTED]
     fig, axes = _grid(len(cols))
+    colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(str(r["method"]) for r in rows))}
     for ax, col in zip(axes, cols):
-        names, means, errs = [], [], []
+        names, means, errs, colours = [], [], [], []
         for row in rows:
             est = row.get(col)
             if isinstance(est, dict) and est.get("n", 1) > 0 and _finite(est.get("mean")):
                 low = est.get("low") if _finite(est.get("low")) else est["mean"]
                 high = est.get("high") if _finite(est.get("high")) else est["mean"]
-                names.append(str(row["method"]))
+                where = f" @ {row['position']}" if "position" in row else ""
+                names.append(f"{row['method']}{where}")
+                colours.append(colour[str(row["method"])])
                 means.append(est["mean"])
                 errs.append([[est["mean"] - low], [high - est["mean"]]])
-        for x, m, e in zip(range(len(names)), means, errs):
-            ax.bar(x, m, yerr=e, capsize=4, color=f"C{x}")
+        for x, m, e, c in zip(range(len(names)), means, errs, colours):
+            ax.bar(x, m, yerr=e, capsize=4, color=c)
         ax.set_xticks(list(range(len(names))), names, rotation=30, ha="right", fontsize=FONT)
         ax.tick_params(labelsize=FONT)
         ax.yaxis.get_offset_text().set_fontsize(FONT)
@@ -606,6 +653,7 @@ def write_report(
     title = results.get("title", "hedonic-neurons report")
     extrinsic = results.get("table_extrinsic") or []
     ridge = results.get("table_ridge") or []
+    alignment = results.get("table_alignment") or []
     eval_tables = results.get("evaluation_tables") or {}
     transitions = results.get("transitions") or {}
     sizes = results.get("sizes") or {}
@@ -645,6 +693,10 @@ def write_report(
     md += [*(f"- {n}" for n in _metric_notes(extrinsic)), ""]
     if ridge:
         md += ["## Ridge regression on coalition macro-features", "", markdown_table(ridge), ""]
+        md += [*(f"- {n}" for n in _ridge_notes(ridge)), ""]
+    if alignment:
+        md += ["## Alignment with IR heuristics by read position", "", markdown_table(alignment), ""]
+        md += [*(f"- {n}" for n in _ridge_notes(alignment)), ""]
     for name, rows in eval_tables.items():
         if rows:
             md += [f"## {name}", "", _md_table(*generic_cells(rows)), ""]
@@ -694,7 +746,13 @@ def write_report(
     sections.append(img(paths["fig_methods"]))
     if ridge:
         sections += ["<h2>Ridge regression on coalition macro-features</h2>", _html_table(ridge)]
+        notes_html = "".join(f"<li>{esc(n)}</li>" for n in _ridge_notes(ridge))
+        sections.append(f"<ul class='notes'>{notes_html}</ul>")
         sections.append(img(paths["fig_ridge"]))
+    if alignment:
+        sections += ["<h2>Alignment with IR heuristics by read position</h2>", _html_table(alignment)]
+        notes_html = "".join(f"<li>{esc(n)}</li>" for n in _ridge_notes(alignment))
+        sections.append(f"<ul class='notes'>{notes_html}</ul>")
     for name, rows in eval_tables.items():
         if rows:
             sections += [f"<h2>{esc(name)}</h2>", _html_cells(*generic_cells(rows))]
