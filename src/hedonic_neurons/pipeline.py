@@ -617,7 +617,7 @@ class Pipeline:
         if ev.phi_resamples:
             self.stage_phi_resample()
         bar = tqdm(  # ablation passes over the test pairs dominate: count pairs, layer by layer
-            total=len(cfg.layers) * len(self.test) * (1 + len(modes)),
+            total=len(cfg.layers) * len(self.test) * len(modes),
             desc="evaluate",
             unit="pair",
             disable=not self.progress,
@@ -629,26 +629,6 @@ class Pipeline:
             # pooled activations at every read position recorded (mean, readout, query)
             at_train, at_test = self.acts_at("train", layer), self.acts_at("test", layer)
             a_train = at_train["mean"]
-            # the paper's per-coalition measures (hedonic_neurons.evaluate.extrinsic)
-            rows.extend(
-                extrinsic_rows(
-                    self.nm,
-                    layer,
-                    {seed: {m: self.coalitions(m, seed, layer) for m in self.methods} for seed in ev.seeds},
-                    data,
-                    reference_method=self.reference_method,
-                    phis=phis,
-                    phi_metric=phi_metric,
-                    acts_train=at_train,
-                    acts_test=at_test,
-                    k=cfg.game.k,
-                    top_k=ev.top_k,
-                    min_size=ev.min_size,
-                    certify_samples=ev.certify_samples,
-                    batch_size=cfg.phi.batch_size,
-                    progress=bar,
-                )
-            )
             # the ceiling beside every method's macro-feature ridge: all neurons, top top_k PCs
             from hedonic_neurons.evaluate.extrinsic import ceiling_rows
 
@@ -680,6 +660,30 @@ class Pipeline:
             )
             for name, got in results.items():
                 new_rows[name].extend(got)
+            # the paper's per-coalition measures (hedonic_neurons.evaluate.extrinsic), on the coalitions
+            # the evaluation selected and from its ablated outputs (first ablation mode): no extra pass
+            rows.extend(
+                extrinsic_rows(
+                    self.nm,
+                    layer,
+                    {seed: {m: self.coalitions(m, seed, layer) for m in self.methods} for seed in ev.seeds},
+                    data,
+                    reference_method=self.reference_method,
+                    phis=phis,
+                    phi_metric=phi_metric,
+                    acts_train=at_train,
+                    acts_test=at_test,
+                    k=cfg.game.k,
+                    top_k=ev.top_k,
+                    min_size=ev.min_size,
+                    certify_samples=ev.certify_samples,
+                    batch_size=cfg.phi.batch_size,
+                    progress=bar,
+                    selected=ctx.chosen,
+                    selected_skipped=ctx.skipped,
+                    outputs=ctx.outputs[modes[0]],
+                )
+            )
             if ev.phi_resamples:  # φ-data resampling: re-solve, re-select, re-measure (evaluate/resample.py)
                 from hedonic_neurons.evaluate.resample import attach_phi_intervals
 

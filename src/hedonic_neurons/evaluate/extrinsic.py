@@ -1,9 +1,13 @@
 """The extrinsic table: the paper's per-coalition measures, one row per (method, layer, seed).
 
-For every method the coalitions are chosen the same way: the reference method's ``top_k``
-largest coalitions (size >= ``min_size``) set the target sizes, and every method — the other
-hedonic partition included — is size-matched to them (:func:`size_matched`: a distinct coalition
-at least that large, subsampled to the size). A row then holds, averaged over its coalitions:
+For every method the coalitions are chosen the same way. ``hedonic run`` passes the evaluation's
+own selection (:mod:`hedonic_neurons.evaluate.layer`: the declared rule, every method size-matched to
+the reference method's picks) and its ablated outputs, so this table describes the same coalitions as
+the effects and null tables and costs no ablation pass of its own. Called alone, the reference
+method's ``top_k`` largest coalitions (size >= ``min_size``) set the target sizes, and every method —
+the other hedonic partition included — is size-matched to them (:func:`size_matched`: a distinct
+coalition at least that large, subsampled to the size). A row then holds, averaged over its
+coalitions:
 
 - ``ood_drop``: task metric unablated − ablated on the test pairs (nDCG@10 for RM, R² otherwise);
 - ``alignment_r2`` (query-grouped cross-validated R² of each coalition's activation on the IR
@@ -141,8 +145,19 @@ def extrinsic_rows(
     batch_size: int,
     null_sets: int = 20,
     progress: Any = None,
+    selected: Mapping[tuple[int, str], Sequence[Sequence[int]]] | None = None,
+    selected_skipped: Mapping[tuple[int, str], int] | None = None,
+    outputs: Any = None,
 ) -> list[dict[str, Any]]:
     """The extrinsic rows of one layer; ``partitions[seed][method]`` are the full partitions.
+
+    ``selected`` / ``selected_skipped``: ``{(seed, method): coalitions}`` and the skipped targets,
+    the coalitions another evaluation already chose (``hedonic run`` passes the evaluation's
+    selection, so every table of a run describes the same coalitions); default: the reference's
+    ``top_k`` largest of size >= ``min_size``, every other method size-matched to them.
+    ``outputs``: a :class:`~hedonic_neurons.evaluate.passes.LayerOutputs` that already holds the
+    test outputs with each selected coalition ablated (the evaluation's own passes): the OOD drop
+    is read from it, and only coalitions it lacks are ablated again.
 
     ``acts_train`` / ``acts_test``: (pairs, n) pooled activations, or ``{position: (pairs, n)}``
     (:func:`record_positions`; the same positions in both, ``"mean"`` among them): alignment,
@@ -161,14 +176,33 @@ def extrinsic_rows(
     from hedonic_neurons.game import certificates
 
     phi = phis[phi_metric]
-    plan = {
-        seed: chosen_coalitions(parts, reference_method, top_k=top_k, min_size=min_size, seed=seed)
-        for seed, parts in partitions.items()
-    }
-    unique = sorted({tuple(c) for per in plan.values() for chosen, _ in per.values() for c in chosen})
-    base, ablated = ablated_outputs(
-        nm, data.test, layer, [list(c) for c in unique], batch_size=batch_size, progress=progress
-    )
+    if selected is not None:
+        plan = {
+            seed: {
+                m: ([list(c) for c in selected[(seed, m)]], int((selected_skipped or {}).get((seed, m), 0)))
+                for m in parts
+                if (seed, m) in selected
+            }
+            for seed, parts in partitions.items()
+        }
+    else:
+        plan = {
+            seed: chosen_coalitions(parts, reference_method, top_k=top_k, min_size=min_size, seed=seed)
+            for seed, parts in partitions.items()
+        }
+    unique = sorted({tuple(sorted(c)) for per in plan.values() for chosen, _ in per.values() for c in chosen})
+    known = {tuple(sorted(c)) for c in outputs.coalitions} if outputs is not None else set()
+    missing = [c for c in unique if c not in known]
+    if outputs is None or missing:
+        base, again = ablated_outputs(
+            nm, data.test, layer, [list(c) for c in missing or unique], batch_size=batch_size, progress=progress
+        )
+    if outputs is not None:
+        base = outputs.base
+        got = dict(zip(missing, again)) if missing else {}
+        ablated = np.stack([outputs.ablated[outputs.row_of(c)] if c in known else got[c] for c in unique])
+    else:
+        ablated = again
     drops = ood_drops(data.task, data.test, data.y_test, base, ablated, data.test_qrels)
     drop_of = dict(zip(unique, drops))
     at_train, at_test = _at_positions(acts_train, "acts_train"), _at_positions(acts_test, "acts_test")
@@ -201,7 +235,7 @@ def extrinsic_rows(
                 row[f"blocking_upper_{dist}"] = float(cert.upper_bound)
             row["blocking_upper"] = row["blocking_upper_uniform"]
             if chosen:
-                row["ood_drop"] = float(np.mean([drop_of[tuple(c)] for c in chosen]))
+                row["ood_drop"] = float(np.mean([drop_of[tuple(sorted(c))] for c in chosen]))
                 mat = coalition_matrix(chosen, n)
                 c_train = {pos: a @ mat for pos, a in at_train.items()}
                 c_test = {pos: a @ mat for pos, a in at_test.items()}
