@@ -132,7 +132,11 @@ def layer_outputs(
         rows[what] += len(sets) * out.shape[1]
         return out
 
+    # pairs of similar length batch together (by characters, a proxy for tokens): less padding, and
+    # the outputs do not depend on the batching (each is written back to its pair)
+    text_len = np.array([len(p.query) + len(p.passage) for p in pairs])
     for idx_all, part in ((syn, "syn"), (sub_only, "sub"), (rest, "rest")):
+        idx_all = idx_all[np.argsort(text_len[idx_all], kind="stable")]
         for start in range(0, idx_all.size, batch_size):
             idx = idx_all[start : start + batch_size]
             batch = encode_pairs(nm, [pairs[int(i)] for i in idx])
