@@ -385,7 +385,7 @@ class PASCollector(SynergyMetric):
         """``pair_dtype``: precision of the tanh-pooler path's per-pair work (BERT's head; the
         other heads combine in float64). float32 is exact to about 1e-7 of max|φ| there
         (the second difference is computed without cancellation, see
-        :func:`~hedonic_neurons.synergy.pas.exact_local_sum`) and 2.5x faster than float64.
+        :func:`~hedonic_neurons.synergy.pas.exact_local_sum`) and ~1.3x faster than float64.
         ``pairs``: the neuron pairs (m, 2) to report (:func:`check_pairs`); φ and its standard
         errors are zero elsewhere. Default: for the ``full`` readout and the exact ``next-block``
         one ``settings.max_pairs`` pairs drawn with ``settings.seed`` (all pairs when it is None),

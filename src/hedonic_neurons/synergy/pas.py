@@ -18,8 +18,11 @@ Cost per input (n neurons, d = d_model, d_p = pooler width):
   symmetry) plus O(n²) elementwise work; memory O(B·block²).
 - tanh path (:class:`~hedonic_neurons.synergy.heads.NormTanhHead`): the Gram matrix for the
   norm, plus O(n²·d_p) elementwise work (half, by symmetry) in a form free of cancellation
-  (:func:`_exact_tanh`: ten passes and one tanh per element, in cache-sized blocks, on all CPU
-  threads); memory O(n·d_p + n·TANH_CHUNK_ROWS) besides ``out``.
+  (:func:`_exact_tanh`). On CPU one compiled kernel (numba, all threads) does a pair's whole
+  d_p-long sum in one pass: about fifteen multiply-adds and one division per element, no
+  transcendental function for the usual small shifts; memory O(n·d_p + n·block) besides ``out``
+  (block = min(n, max_elements / n) rows of the Gram matrix at a time). On other devices
+  blocks of pairs go through ten torch passes and one tanh per element.
 - generic: f evaluated at n²/2 points per input, in chunks.
 - taylor: one d × d Hessian of f per input (torch.func), then D H Dᵀ, O(n·d² + n²·d).
 - grad-outer: one gradient of f per input, then an outer product, O(n·d + n²).
@@ -34,8 +37,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numba
+import numpy as np
 import torch
 
+from hedonic_neurons.errors import ConfigError, arg
 from hedonic_neurons.synergy.heads import NormAffineHead, NormTanhHead
 
 #: φ_PAS = PAS_SIGN · E[Δ_ij]: positive means complements (each neuron matters only when the other
@@ -46,15 +52,22 @@ GRAD_OUTER_SIGN = -1.0
 
 #: Default bound on the elements of one temporary block (keeps memory flat in n and in the data).
 MAX_ELEMENTS = 1 << 22
-#: On CPU, the tanh path's per-pair temporaries hold at most this many elements each (three are live
-#: at once), so that a block's elementwise passes run in cache; rows of pairs per block at most
-#: TANH_BLOCK_ROWS.
+#: The torch form of the tanh path (:func:`_exact_tanh_blocks`, used off CPU): on CPU its per-pair
+#: temporaries hold at most this many elements each (three are live at once), so that a block's
+#: elementwise passes run in cache; rows of pairs per block at most TANH_BLOCK_ROWS.
 TANH_BLOCK_ELEMENTS = 3 << 15
 TANH_BLOCK_ROWS = 16
-#: Rows of pairs per task of the tanh path (a multiple of the block's rows).
+#: Rows of pairs per task of the torch form on CPU (a multiple of the block's rows).
 TANH_CHUNK_ROWS = 64
-#: Threads of the tanh path on CPU (0: torch.get_num_threads()).
+#: Threads of the tanh path on CPU (0: torch.get_num_threads(); at most numba's thread count).
 TANH_THREADS = 0
+#: The CPU kernel of the tanh path: rows of pairs per parallel task, and the bytes of per-neuron
+#: vectors in one block of columns, which stays in a core's cache while a task's rows pass over it.
+TANH_ROW_TILE = 4
+TANH_COLUMN_BYTES = 1 << 19
+#: Where no |y| of a pair exceeds this, the CPU kernel evaluates tanh y by its Taylor polynomial to
+#: y⁷ (relative error below 0.022·y⁸ ≤ 2.2e-18); above it, by tanh itself.
+TANH_POLY_Y = 0.01
 
 
 class PairSums:
@@ -330,7 +343,7 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, pad])
 
 
-def _exact_tanh(
+def _exact_tanh_blocks(
     r: torch.Tensor,
     shifts: torch.Tensor,
     head: NormTanhHead,
@@ -338,7 +351,8 @@ def _exact_tanh(
     max_elements: int,
     dtype: torch.dtype,
 ) -> None:
-    """Δ_ij of the tanh-pooler head, computed so that the four logits never cancel.
+    """Δ_ij of the tanh-pooler head in torch passes, computed so that the four logits never cancel
+    (:func:`_exact_tanh` uses it off CPU; on CPU the compiled kernel evaluates the same form).
 
     With σ_S the LayerNorm scale after ablating S, and e_r, e_i the images under x ↦ P(γ⊙x) of the
     centred residual and shifts, the pooler pre-activation is z_S = σ_S (e_r − Σ_{i∈S} e_i) + p'.
@@ -464,6 +478,304 @@ def _exact_tanh(
             torch.set_num_threads(threads)
 
 
+def _exact_tanh(
+    r: torch.Tensor,
+    shifts: torch.Tensor,
+    head: NormTanhHead,
+    out: torch.Tensor,
+    max_elements: int,
+    dtype: torch.dtype,
+    sq: torch.Tensor | None = None,
+) -> None:
+    """Add PAS_SIGN · Σ_x Δ_ij of the tanh-pooler head to ``out`` (and Σ_x Δ_ij² to ``sq``), with
+    the cancellation-free form of :func:`_exact_tanh_blocks`.
+
+    On CPU one compiled kernel (:func:`_exact_tanh_cpu`) evaluates it, with ``sq`` in the same
+    pass; on other devices the torch passes of :func:`_exact_tanh_blocks` do, one input at a time
+    when ``sq`` is given.
+    """
+    if shifts.device.type == "cpu":
+        _exact_tanh_cpu(r, shifts, head, out, max_elements, dtype, sq)
+    elif sq is None:
+        _exact_tanh_blocks(r, shifts, head, out, max_elements, dtype)
+    else:
+        _per_input_squares(_exact_tanh_blocks, r, shifts, head, out, max_elements, dtype, sq)
+
+
+def _per_input_squares(
+    fn: Callable[..., None],
+    r: torch.Tensor,
+    shifts: torch.Tensor,
+    head: Any,
+    out: torch.Tensor,
+    max_elements: int,
+    dtype: torch.dtype,
+    sq: torch.Tensor,
+) -> None:
+    """``fn`` (an ``_exact_tanh*`` form) one input at a time into a scratch n × n matrix, whose
+    values are added to ``out`` and, squared, to ``sq``."""
+    one = torch.empty_like(out)
+    for b in range(r.shape[0]):
+        one.zero_()
+        fn(r[b : b + 1], shifts[b : b + 1], head, one, max_elements, dtype)
+        out += one
+        sq.addcmul_(one, one)
+
+
+# The CPU kernel of the tanh path. Per pair (i, j > i) and pooler unit k, with A_i = exp(2 z_i),
+# B_j = exp(2 x_j) (so that T = tanh(z_i + x_j) = 1 − s, s = 2 / (A_i B_j + 1), and
+# 1 − T² = 4 A_i B_j / (A_i B_j + 1)², both to full relative precision), ne = −e, dh = D̂ and
+# t0p1 = tanh z0 + 1, the unit's term of Δ_ij is
+#     u = (1 − T²) g − D̂_i D̂_j (tanh z0 + T),   g = tanh y / (1 + T tanh y),
+# y = c e_r + p ne_i + q ne_j (see _exact_tanh_blocks). The four loops differ only in g, whose
+# series is g = y − T y² + (T² − 1/3) y³ − T (T² − 2/3) y⁴ + (2/15 − T² + T⁴) y⁵ + …: its first two
+# terms where every |y| of the pair is below sqrt(eps)/2, its first four where every |y| is below
+# eps^(1/4)/2 (both equal to g to the dtype's rounding: the next terms are below eps/4 and
+# (2/15)·eps/16 relative to y), tanh y from its Taylor polynomial to y⁷ where every |y| is below
+# TANH_POLY_Y, and the library tanh otherwise. The sum over k is in float64. error_model="numpy"
+# (no zero-division checks) and reassociation of the sum are what let LLVM vectorise the loops; no
+# division by zero can occur in them.
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _tanh_units_small(i, j, c, p, q, big_a, big_b, ne, dh, er, t0p1, w):
+    tp = big_a.dtype.type
+    one, two, four = tp(1.0), tp(2.0), tp(4.0)
+    acc = 0.0
+    for k in range(big_a.shape[1]):
+        prod = big_a[i, k] * big_b[j, k]
+        inv = one / (prod + one)
+        s = two * inv  # 1 − T
+        y = c * er[k] + p * ne[i, k] + q * ne[j, k]
+        g = y - (one - s) * y * y  # y (1 − T y)
+        u = four * prod * inv * inv * g - dh[i, k] * dh[j, k] * (t0p1[k] - s)
+        acc += w[k] * u
+    return acc
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _tanh_units_series(i, j, c, p, q, big_a, big_b, ne, dh, er, t0p1, w):
+    tp = big_a.dtype.type
+    one, two, four = tp(1.0), tp(2.0), tp(4.0)
+    third, two_thirds = tp(1.0 / 3.0), tp(2.0 / 3.0)
+    acc = 0.0
+    for k in range(big_a.shape[1]):
+        prod = big_a[i, k] * big_b[j, k]
+        inv = one / (prod + one)
+        s = two * inv
+        t = one - s
+        t2 = t * t
+        y = c * er[k] + p * ne[i, k] + q * ne[j, k]
+        g = y * (one + y * (y * ((t2 - third) + y * (t * (two_thirds - t2))) - t))
+        u = four * prod * inv * inv * g - dh[i, k] * dh[j, k] * (t0p1[k] - s)
+        acc += w[k] * u
+    return acc
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _tanh_units_poly(i, j, c, p, q, big_a, big_b, ne, dh, er, t0p1, w):
+    tp = big_a.dtype.type
+    one, two, four = tp(1.0), tp(2.0), tp(4.0)
+    c3, c5, c7 = tp(-1.0 / 3.0), tp(2.0 / 15.0), tp(-17.0 / 315.0)
+    acc = 0.0
+    for k in range(big_a.shape[1]):
+        prod = big_a[i, k] * big_b[j, k]
+        inv = one / (prod + one)
+        s = two * inv
+        y = c * er[k] + p * ne[i, k] + q * ne[j, k]
+        y2 = y * y
+        th = y + y * y2 * (c3 + y2 * (c5 + y2 * c7))  # tanh y
+        g = th / (one + (one - s) * th)
+        u = four * prod * inv * inv * g - dh[i, k] * dh[j, k] * (t0p1[k] - s)
+        acc += w[k] * u
+    return acc
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _tanh_units_general(i, j, c, p, q, zi, xj, ne, dh, er, t0, w):
+    tp = zi.dtype.type
+    one, half = tp(1.0), tp(0.5)
+    acc = 0.0
+    for k in range(zi.shape[1]):
+        base = zi[i, k] + xj[j, k]
+        t = math.tanh(base)
+        y = c * er[k] + p * ne[i, k] + q * ne[j, k]
+        th = math.tanh(y)
+        den = one + t * th
+        if den > half:
+            g = (one - t) * (one + t) * th / den
+        else:  # T and tanh y near ±1 with opposite signs: the difference itself is O(1)
+            g = math.tanh(base + y) - t
+        u = g - dh[i, k] * dh[j, k] * (t0[k] + t)
+        acc += w[k] * u
+    return acc
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _tanh_kernel(
+    r0, m, gram, a, sig, dsig, s0, d, eps, big_a, big_b, ne, dh, zi, xj, er, t0, t0p1, w, emax, ermax,
+    general, small_y, series_y, poly_y, sign, out, sq, with_sq, row_tile, col_block,
+):
+    """Δ_ij of the pairs i ∈ [r0, r0 + m), j > i of one input into ``out`` (and Δ² into ``sq``).
+
+    ``gram``: d̃_i·d̃_j for those rows and the columns from r0 on; ``a``, ``sig``, ``dsig``, ``emax``
+    per neuron (float64); ``general``: neurons whose pairs take the general loop. Tasks are pairs of
+    tiles of rows (t, last − t), so that each has the same number of pairs; each entry of ``out``
+    has one writer.
+    """
+    n = a.shape[0]
+    tp = big_a.dtype.type
+    tiles = (m + row_tile - 1) // row_tile
+    for task in numba.prange((tiles + 1) // 2):
+        for side in range(2):
+            tile = task if side == 0 else tiles - 1 - task
+            if side == 1 and tile == task:
+                continue
+            lo = r0 + tile * row_tile
+            hi = min(lo + row_tile, r0 + m)
+            for jb in range(lo + 1, n, col_block):
+                for i in range(lo, hi):
+                    si, ai = sig[i], a[i]
+                    for j in range(max(i + 1, jb), min(jb + col_block, n)):
+                        gg = 2.0 * gram[i - r0, j - r0]
+                        add_i = gg + a[j]  # |r̃ − d̃_i − d̃_j|² − |r̃ − d̃_i|²
+                        add_j = gg + ai
+                        sij = 1.0 / math.sqrt((s0 + ai + add_i) / d + eps)
+                        sj = sig[j]
+                        p = -(add_i / d) * (si * sij) ** 2 / (si + sij)  # σ_ij − σ_i
+                        q = -(add_j / d) * (sj * sij) ** 2 / (sj + sij)  # σ_ij − σ_j
+                        c = p - dsig[j]
+                        bound = abs(c) * ermax + abs(p) * emax[i] + abs(q) * emax[j]  # ≥ max |y|
+                        if general[i] or general[j] or bound > poly_y:
+                            delta = _tanh_units_general(i, j, tp(c), tp(p), tp(q), zi, xj, ne, dh, er, t0, w)
+                        elif bound <= small_y:
+                            delta = _tanh_units_small(
+                                i, j, tp(c), tp(p), tp(q), big_a, big_b, ne, dh, er, t0p1, w
+                            )
+                        elif bound <= series_y:
+                            delta = _tanh_units_series(
+                                i, j, tp(c), tp(p), tp(q), big_a, big_b, ne, dh, er, t0p1, w
+                            )
+                        else:
+                            delta = _tanh_units_poly(
+                                i, j, tp(c), tp(p), tp(q), big_a, big_b, ne, dh, er, t0p1, w
+                            )
+                        out[i, j] += sign * delta
+                        out[j, i] += sign * delta
+                        if with_sq:
+                            sq[i, j] += delta * delta
+                            sq[j, i] += delta * delta
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def _tanh_prepare(e, e_r, sig, dsig, z0, limit, big_a, big_b, ne, dh, zi, xj, emax, general):
+    """The per-neuron vectors of one input from e (n, d_p) and the per-neuron scales, in float64,
+    stored in the kernel's dtype: x_i = (σ_i − σ0) e_r − σ_i e_i, z_i = z0 + x_i, D̂_i =
+    sinh(x_i) / cosh(z_i), A_i = exp(2 z_i) and B_i = exp(2 x_i) (clipped to exp(±limit): then
+    ``general``), −e_i, and max_k |e_ik|."""
+    n, dp = e.shape
+    for i in numba.prange(n):
+        top = 0.0
+        wild = False
+        for k in range(dp):
+            ek = np.float64(e[i, k])
+            x = dsig[i] * e_r[k] - sig[i] * ek
+            z = z0[k] + x
+            top = max(top, abs(ek))
+            wild = wild or abs(2.0 * z) > limit or abs(2.0 * x) > limit
+            big_a[i, k] = math.exp(min(max(2.0 * z, -limit), limit))
+            big_b[i, k] = math.exp(min(max(2.0 * x, -limit), limit))
+            ne[i, k] = -ek
+            dh[i, k] = math.sinh(x) / math.cosh(z)  # cosh(z_i)·(tanh z_i − tanh z0), never overflows
+            zi[i, k] = z
+            xj[i, k] = x
+        emax[i] = top
+        general[i] = wild
+
+
+def _exact_tanh_cpu(
+    r: torch.Tensor,
+    shifts: torch.Tensor,
+    head: NormTanhHead,
+    out: torch.Tensor,
+    max_elements: int,
+    dtype: torch.dtype,
+    sq: torch.Tensor | None = None,
+) -> None:
+    """The tanh path on CPU: per input, the per-neuron vectors in float64 (:func:`_tanh_prepare`,
+    as :func:`_tanh_singles` computes them), then the compiled kernel over all pairs, in ``dtype``
+    per element with float64 sums.
+
+    The Gram matrix is taken min(n, max_elements / n) rows at a time; the buffers are allocated
+    once per call. Both kernels run on TANH_THREADS (0: torch.get_num_threads()) of numba's
+    threads, restored afterwards. With A_i = exp(2 z_i) and B_j = exp(2 x_j) within the dtype's
+    range (|2 z| below log(max) − 8), T = tanh(z_i + x_j) needs one division; a neuron with a value
+    outside it takes the general loop (tanh itself) in all its pairs.
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ConfigError(
+            f"exact PAS on a tanh-pooler head computes its pairs in torch.float32 or torch.float64; "
+            f"got {arg('pair_dtype')}{dtype}"
+        )
+    batch, n, d = shifts.shape
+    if shifts.dtype not in (torch.float32, torch.float64):
+        shifts = shifts.float()  # the Gram products and projections in float32 at least
+    r, shifts, s0, a, _ = _norm_terms(r.detach(), shifts.detach(), head.kind)
+    proj = (head.pooler_weight * head.gamma).T.to(dtype=torch.float64)  # (d, d_p)
+    proj_s = proj.to(shifts.dtype)
+    offset = (head.pooler_weight @ head.beta + head.pooler_bias).to(dtype=torch.float64)
+    dp = proj.shape[1]
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    limit = math.log(torch.finfo(dtype).max) - 8.0  # exp(±limit) is a normal number
+    small_y = 0.5 * math.sqrt(torch.finfo(dtype).eps)
+    series_y = 0.5 * torch.finfo(dtype).eps ** 0.25
+    w = head.w.to(torch.float64).numpy().astype(np_dtype)
+    direct = out.dtype == torch.float64 and out.is_contiguous() and out.device.type == "cpu"
+    target = out if direct else torch.zeros(n, n, dtype=torch.float64)
+    target_sq = None
+    if sq is not None:
+        direct_sq = sq.dtype == torch.float64 and sq.is_contiguous() and sq.device.type == "cpu"
+        target_sq = sq if direct_sq else torch.zeros(n, n, dtype=torch.float64)
+    out_np = target.numpy()
+    sq_np = out_np if target_sq is None else target_sq.numpy()
+    rows = max(1, min(n, max_elements // max(1, n)))
+    col_block = max(8, TANH_COLUMN_BYTES // (3 * dp * np.dtype(np_dtype).itemsize))
+    vectors = [np.empty((n, dp), dtype=np_dtype) for _ in range(6)]  # A, B, −e, D̂, z, x
+    emax, general = np.empty(n), np.empty(n, dtype=np.bool_)
+    e = torch.empty(n, dp, dtype=shifts.dtype)
+    gram = torch.empty(rows * n, dtype=shifts.dtype)
+    before = numba.get_num_threads()
+    threads = max(1, min(TANH_THREADS or torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    try:
+        for b in range(batch):
+            e_r = r[b].double() @ proj  # (d_p,)
+            sig0 = torch.rsqrt(s0[b] / d + head.eps)
+            sig = torch.rsqrt((s0[b] + a[b]) / d + head.eps)  # (n,)
+            dsig = _rsqrt_step(a[b], sig0, sig, d)  # σ_i − σ0
+            z0 = sig0 * e_r + offset
+            t0 = torch.tanh(z0)
+            torch.mm(shifts[b], proj_s, out=e)
+            scales = [t.numpy() for t in (e_r, sig, dsig, z0)]
+            _tanh_prepare(e.numpy(), *scales, limit, *vectors, emax, general)
+            shared = [t.numpy().astype(np_dtype) for t in (e_r, t0, t0 + 1.0)]
+            for r0 in range(0, n, rows):
+                m = min(rows, n - r0)
+                g = gram[: m * (n - r0)].view(1, m, n - r0)
+                torch.bmm(shifts[b : b + 1, r0 : r0 + m], shifts[b : b + 1, r0:].transpose(1, 2), out=g)
+                _tanh_kernel(
+                    r0, m, g[0].numpy(), a[b].numpy(), *scales[1:3], float(s0[b]), float(d),
+                    float(head.eps), *vectors, *shared, w, emax, float(e_r.abs().max()), general, small_y,
+                    series_y, TANH_POLY_Y, PAS_SIGN, out_np, sq_np, sq is not None, TANH_ROW_TILE, col_block,
+                )
+    finally:
+        numba.set_num_threads(before)
+    if not direct:
+        out += target.to(out)
+    if sq is not None and target_sq is not sq:
+        sq += target_sq.to(sq)
+
+
 def _exact_tanh_direct(
     r: torch.Tensor,
     shifts: torch.Tensor,
@@ -471,14 +783,19 @@ def _exact_tanh_direct(
     out: torch.Tensor,
     max_elements: int,
     dtype: torch.dtype,
+    sq: torch.Tensor | None = None,
 ) -> None:
     """The reference evaluation of the tanh path: the four logits ℓ, ℓ_{−i}, ℓ_{−j}, ℓ_{−ij} of
     every pair, each a tanh of the pair's pooler pre-activation, combined (``_add_singles``).
 
     Exact in fp64, but Δ_ij is then a difference of logits of size ~|ℓ|: in fp32 it was off by up to
-    23% of max |φ| on MiniLM. It takes ~2.6x the time of :func:`_exact_tanh` in fp64 and ~6x in
-    fp32. Kept as the reference for comparisons (tests, benchmarks/bench_synergy.py).
+    23% of max |φ| on MiniLM. It takes ~2.6x the time of :func:`_exact_tanh_blocks` in fp64 and ~6x
+    in fp32. Kept as the reference for comparisons (tests, benchmarks/bench_synergy.py). ``sq``: as
+    in :func:`_exact_tanh` (one input at a time).
     """
+    if sq is not None:
+        _per_input_squares(_exact_tanh_direct, r, shifts, head, out, max_elements, dtype, sq)
+        return
     batch, n, d = shifts.shape
     r, shifts, s0, a, _ = _norm_terms(r, shifts, head.kind)
     dev = shifts.device
@@ -559,14 +876,18 @@ def exact_local_sum(
     The tanh path computes Δ_ij without cancelling the four logits (:func:`_exact_tanh`), so
     float32 is accurate there: on MiniLM (all-MiniLM-L6-v2, reference or zero ablation) it agrees
     with the direct fp64 evaluation to 6e-8 to 1.1e-7 of max |Σ_x Δ|, where the direct fp32
-    evaluation was off by up to 23%; it takes ~0.9 s of one core per input (n = 1,536,
-    d_p = 384), 2.5-4x less than float64. float64, the default, is the reference (~1e-12 relative
-    to a brute force in extended precision). On CPU the tanh path runs on torch.get_num_threads()
-    threads and sets torch's intra-op threads to 1 during the call (restored afterwards).
+    evaluation was off by up to 23%. On CPU a compiled kernel evaluates it on
+    torch.get_num_threads() threads (numba's): ~0.4 s of one core per input in float32 and ~0.55 s
+    in float64 (n = 1,536, d_p = 384, setup included). float64, the default, is the reference
+    (~1e-12 relative to a brute force in extended precision).
     The diagonal of ``out`` receives meaningless values; :meth:`PairSums.mean` zeroes it.
-    ``sq``: if given, Σ_x Δ_ij(x)² is added to it (the inputs are then evaluated one at a time
-    into a scratch n × n matrix, which adds O(n²) work per input to the O(n²·d) of the pairs).
+    ``sq``: if given, Σ_x Δ_ij(x)² is added to it (the tanh kernel on CPU adds both in one pass;
+    otherwise the inputs are evaluated one at a time into a scratch n × n matrix, which adds O(n²)
+    work per input to the O(n²·d) of the pairs).
     """
+    if isinstance(head, NormTanhHead):
+        _exact_tanh(r, shifts, head, out, max_elements, dtype, sq=sq)
+        return
     if sq is not None:
         one = torch.empty_like(out)
         for b in range(r.shape[0]):
@@ -579,8 +900,6 @@ def exact_local_sum(
         return
     if isinstance(head, NormAffineHead):
         _exact_affine(r, shifts, head, out, max_elements)
-    elif isinstance(head, NormTanhHead):
-        _exact_tanh(r, shifts, head, out, max_elements, dtype)
     else:
         _exact_generic(r, shifts, head, out, max_elements)
 
