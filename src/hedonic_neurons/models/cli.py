@@ -173,6 +173,9 @@ def plant_command(
     adapter: Path | None = typer.Option(None, "--adapter", help="a peft LoRA adapter folder (merged first)"),
     head: str = typer.Option("classification", "--head", help="classification or causal"),
     device: str | None = typer.Option("cpu", "--device", help="cpu (default), cuda, cuda:N, auto"),
+    equal_strength: bool = typer.Option(
+        False, "--equal-strength", help="weigh the members of a group to the same mean Δ (slower)"
+    ),
 ) -> None:
     """Plant AND and OR coalitions into MODEL at LAYER by weight surgery; write the checkpoint and
     the ground truth.
@@ -203,6 +206,7 @@ def plant_command(
         seed=seed,
         adapter=adapter,
         head=head,
+        equal_strength=equal_strength,
         device=device,
     )
     truth = result.ground_truth

@@ -39,6 +39,24 @@ not move it). For a group of g members:
   per-group factor (within 1/4..4) that brings the group's expected pairwise second
   difference at the reader, computed from the calibration sums, to 0.15: co-active groups cross
   their threshold on fewer inputs than independent ones, and would otherwise be weaker.
+* **Every member of a group can be given the same strength** (``equal_strength``, default
+  off: on MiniLM it changed nothing measurable, ARI 0.49 with it vs 0.55 without at k = 2 in
+  docs/recovery.md, and it makes planting about 4x slower). The members of one group are meant
+  to be exchangeable: each member's mean Δ with the other
+  members (its *strength*) should be the same. Equal slopes, rates and levels do not make it so:
+  a member's activation is continuous (its spread when on differs from member to member), its
+  decoded part has its own gain, and reverting it to the neuron it replaced adds that neuron's
+  write; on a tiny LLaMA the strengths then differ by about 0.2 of the group's mean Δ, and a game
+  that picks each neuron's strongest partners splits a group along that order. So the reader
+  weighs each member's decoded part: every member is reverted to its reference weights on the
+  calibration inputs (up to ``STRENGTH_INPUTS``), which gives each member's drop of the decoded
+  sum (the reverted neuron's own write included), and the weights (within ``STRENGTH_RANGE``)
+  are adjusted until every member's mean reader-level second difference with the others is the
+  same; the offset then keeps the weighted sum's mean. The weights and the spread of the
+  strengths (sd / mean) before and after are in each group's ``calibration``; on held-out
+  inputs the measured ``member_mean_delta`` and ``member_spread`` are in ``verified``. What
+  remains is input-to-input variation: on one input, a member that is barely on interacts less
+  with every other member, so Δ averaged over few inputs still has a member-wise order.
 
 * **AND (complements)**: the reader adds ``+E·R(Ŷ − T)``, R the MLP's activation (convex where
   it matters). With R convex and every member's contribution non-negative, the second difference
@@ -68,11 +86,13 @@ exactly 0. Planting on a model with a LoRA adapter writes the unplanted merged m
 The ground truth (``OUT/ground_truth.json``) lists the groups (kind, members, reader, feature,
 thresholds, levels, decoder R², gains, calibration rates) and, measured on held-out inputs by
 batched ablation with the full readout, each group's mean, minimum and maximum Δ over its pairs
-and the fraction with the expected sign, and the mean and largest |Δ| of pairs across groups.
+and the fraction with the expected sign, each member's mean Δ with the others and their spread,
+and the mean and largest |Δ| of pairs across groups.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -135,6 +155,12 @@ GRADIENT_INPUTS = 64
 MAX_BIAS_CV = 0.5
 """Gated MLPs: the largest coefficient of variation (at the readout token) of the linear functional
 that stands in for a bias."""
+STRENGTH_INPUTS = 256
+"""Equal strength: calibration inputs on which each member is reverted to its reference weights."""
+STRENGTH_STEPS = 20
+"""Equal strength: rounds of reweighting the members' decoded parts."""
+STRENGTH_RANGE = (0.5, 2.0)
+"""Equal strength: bounds of a member's weight in its reader's decoded sum."""
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -197,6 +223,7 @@ class PlantSpec:
     max_length: int = 64
     batch_size: int = 32
     seed: int = 0
+    equal_strength: bool = False
 
     def check(self) -> PlantSpec:
         """One-line :class:`ConfigError` for settings that are wrong whatever the model; self.
@@ -205,7 +232,8 @@ class PlantSpec:
         end), ``and_groups``/``or_groups`` >= 0, ``min_size``/``max_size`` with
         2 <= min_size <= max_size, every explicit group size >= 2, ``calibration`` >= 16,
         ``verify`` >= 0, ``max_length`` >= 8, ``batch_size`` >= 1, ``seed`` >= 0; ``independent``
-        a fraction in [0, 1]; ``effect`` and ``write`` finite and > 0; at least one group.
+        a fraction in [0, 1]; ``effect`` and ``write`` finite and > 0; ``equal_strength`` a bool;
+        at least one group.
         """
         _integer("layer", self.layer)
         for name in ("and_groups", "or_groups"):
@@ -227,6 +255,8 @@ class PlantSpec:
             if any(int(v) < 2 for v in sizes):
                 raise ConfigError(f"{name} {list(sizes)}: every group needs at least 2 neurons")
         _integer("seed", self.seed, 0, "an integer >= 0")
+        if not isinstance(self.equal_strength, bool | np.bool_):
+            raise ConfigError(f"{arg('equal_strength')} {self.equal_strength!r}: expected True or False")
         ands, ors = self.group_sizes()
         if not ands and not ors:
             raise ConfigError("nothing to plant: give at least one AND or OR group")
@@ -658,6 +688,102 @@ def _second_difference(y: np.ndarray, threshold: float, act: Any) -> float:
     return float(np.mean(vals))
 
 
+def _equal_strength(
+    parts: np.ndarray, ablated: np.ndarray, centre: np.ndarray, threshold: float, act: Any
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Per-member weights β (g,) on a reader's decoded parts that give every member of the group
+    the same strength: the same mean reader-level second difference with the other members.
+
+    ``parts`` (B, g): each member's decoded part at the readout token of B calibration inputs;
+    ``ablated`` (g, B, g): the same with member i reverted to its reference weights (row i);
+    ``centre`` (g,): what makes ``β·(parts + centre)`` the decoded sum (each part's offset).
+    Member i's drop is ``D_i = β·(parts − ablated[i])`` (the reverted neuron's own write
+    included), a pair's the sum of the two, and with R(u) = act(READER_SLOPE·(u − threshold)) /
+    READER_SLOPE the reader, Δ_ij = R(Ŷ) − R(Ŷ − D_i) − R(Ŷ − D_j) + R(Ŷ − D_i − D_j). Member i's
+    strength is its mean Δ with the others; β_i is scaled by the square root of (mean strength /
+    its strength) (Δ_ij grows about linearly with each of D_i, D_j), within STRENGTH_RANGE, for
+    STRENGTH_STEPS rounds. Returns β (all 1 if some member never interacts) and the relative
+    spread (sd / mean) of the strengths before and after.
+    """
+    g = parts.shape[1]
+
+    def reader(u: np.ndarray) -> np.ndarray:
+        return act(torch.as_tensor(READER_SLOPE * (u - threshold))).numpy() / READER_SLOPE
+
+    def strengths(beta: np.ndarray) -> np.ndarray:
+        total = (parts + centre) @ beta
+        drops = (parts[None] - ablated) @ beta  # (g, B)
+        base, singles = reader(total), [reader(total - drops[i]) for i in range(g)]
+        delta = np.zeros((g, g))
+        for i in range(g):
+            for j in range(i + 1, g):
+                value = base - singles[i] - singles[j] + reader(total - drops[i] - drops[j])
+                delta[i, j] = delta[j, i] = float(value.mean())
+        return delta.sum(1) / (g - 1)
+
+    def spread(s: np.ndarray) -> float:
+        return float(s.std() / abs(s.mean())) if s.mean() != 0 else math.inf
+
+    beta = np.ones(g)
+    first = strengths(beta)
+    if g < 2 or not (first > 0).all():
+        return beta, {"strength_spread_before": spread(first), "strength_spread_after": spread(first)}
+    now = first
+    for _ in range(STRENGTH_STEPS):
+        beta = np.clip(beta * np.sqrt(now.mean() / now), *STRENGTH_RANGE)
+        now = strengths(beta)
+        if not (now > 0).all():
+            break
+    return beta, {"strength_spread_before": spread(first), "strength_spread_after": spread(now)}
+
+
+def _reverted_next_inputs(
+    nm: NeuronModel,
+    batches: list[dict[str, torch.Tensor]],
+    layer: int,
+    reference: Any,
+    members: list[int],
+    limit: int,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The MLP input of ``layer + 1`` at the readout token of the first ``limit`` inputs: as it
+    is (B, d), and with each of ``members`` reverted to its ``reference`` weights, {i: (B, d)}
+    (the blocks below ``layer`` run once per batch, the forward stops at that MLP)."""
+    from hedonic_neurons.neurons.ablation import ablate, prefix_output, replayed_prefix
+
+    model = nm.model
+    nxt = mlp_modules(model, layer + 1)
+    base: list[np.ndarray] = []
+    ablated: dict[int, list[np.ndarray]] = {i: [] for i in members}
+    seen = 0
+    for batch in batches:
+        if seen >= limit:
+            break
+        seen += int(batch["attention_mask"].shape[0])
+        inputs = model_inputs(batch)
+        positions = readout_positions(model, inputs["attention_mask"])
+        rows = torch.arange(len(positions), device=positions.device)
+        store: dict[str, torch.Tensor] = {}
+
+        def save(module: nn.Module, args: Any, store: dict = store, rows=rows, positions=positions) -> None:
+            store["x"] = args[0][rows, positions].double().cpu()
+            raise StopForward
+
+        def capture(inputs: dict[str, Any] = inputs, store: dict = store, save: Any = save) -> np.ndarray:
+            with hooks() as hook_set:
+                hook_set.pre(nxt.up, save)
+                run_forward(model, inputs)
+            return store["x"].numpy()
+
+        with torch.no_grad():
+            base.append(capture())
+            prefix = prefix_output(model, inputs, layer) if layer > 0 else None
+            with replayed_prefix(model, layer, prefix) if prefix is not None else contextlib.nullcontext():
+                for i in members:
+                    with ablate(model, layer, [i], "reference", reference=reference):
+                        ablated[i].append(capture())
+    return np.concatenate(base), {i: np.concatenate(v) for i, v in ablated.items()}
+
+
 def _gate_strength(pre: np.ndarray, ind: np.ndarray, readout: np.ndarray, floor: float = 4.0) -> float:
     """The additive gate κ that keeps ``pre + κ·(ind − 1)`` at least 2 below zero on every other
     token (``pre`` in units of the unit's threshold scale)."""
@@ -1011,6 +1137,10 @@ def plant_model(
     dir_next = grad_next / np.linalg.norm(grad_next)
     info["reader_gain"] = reader_gain
     nxt = mlp_modules(nm.model, layer + 1)
+    if spec.equal_strength:
+        base_next, ablated_next = _reverted_next_inputs(
+            nm, batches, layer, reference, planted, STRENGTH_INPUTS
+        )
     reader_noise = []
     for g in groups:
         row_g = decoder[[where[i] for i in g.members]].sum(0)
@@ -1021,6 +1151,22 @@ def plant_model(
         raw = x_next[ro_next] @ row_g + b_g
         slope, shift = np.polyfit(raw, truth[ro_next], 1)
         row_g, b_g = slope * row_g, float(slope * b_g + shift)
+        if spec.equal_strength:
+            # weigh each member's decoded part so that its pairs' reader-level second
+            # difference under reference ablation matches the other members' (see _equal_strength)
+            parts = slope * decoder[[where[i] for i in g.members]]  # (g, d): member k's decoded part
+            ys = y[:, [where[i] for i in g.members]]
+            weights, spread = _equal_strength(
+                base_next @ parts.T,
+                np.stack([ablated_next[i] @ parts.T for i in g.members]),
+                ys[ro_next].mean(0) - (x_next[ro_next] @ parts.T).mean(0),
+                g.threshold,
+                reader_act,
+            )
+            row_g = weights @ parts
+            truth = ys @ weights
+            b_g = float(truth[ro_next].mean() - (x_next[ro_next] @ row_g).mean())
+            g.calibration.update(strength_weights=weights.tolist(), **spread)
         decoded = x_next @ row_g + b_g
         resid = truth[ro_next] - decoded[ro_next]
         g.decoder_r2 = float(1.0 - resid.var() / max(truth[ro_next].var(), 1e-300))
@@ -1068,6 +1214,9 @@ def plant_model(
             "jitter": JITTER,
             "delta_target": DELTA_TARGET,
             "gain_range": list(GAIN_RANGE),
+            "strength_inputs": STRENGTH_INPUTS,
+            "strength_steps": STRENGTH_STEPS,
+            "strength_range": list(STRENGTH_RANGE),
         },
         "calibration": info,
         "verification": verification,
@@ -1159,11 +1308,16 @@ def _verify(
     value = dict(zip(within + cross, pair_deltas(nm, batches, layer, reference, within + cross)))
     for g in groups:
         vals = np.array([value[p] for p in g.pairs()])
+        # each member's strength: its mean Δ with the other members
+        strength = np.array([np.mean([value[(min(i, j), max(i, j))] for j in g.members if j != i])
+                             for i in g.members])  # fmt: skip
         g.verified = {
             "mean_delta": float(vals.mean()),
             "min_delta": float(vals.min()),
             "max_delta": float(vals.max()),
             "fraction_expected_sign": float((g.sign * vals > 0).mean()),
+            "member_mean_delta": strength.tolist(),
+            "member_spread": float(strength.std() / abs(vals.mean())) if vals.mean() != 0 else None,
         }
     cross_vals = np.abs([value[p] for p in cross]) if cross else np.zeros(0)
     return {
@@ -1213,6 +1367,7 @@ def plant(
     max_length: int = 64,
     batch_size: int = 32,
     seed: int = 0,
+    equal_strength: bool = False,
     adapter: str | os.PathLike | None = None,
     head: str = "classification",
     device: str | None = "cpu",
@@ -1240,6 +1395,10 @@ def plant(
     calibration inputs (``demo``, a dataset name or a TSV), ``calibration`` of them for the
     construction and ``verify`` other ones for the measured Δ in the ground truth (0: skip).
     ``seed``: which neurons are planted, the order of the sizes and the calibration inputs.
+    ``equal_strength``: weigh each member's part in its reader so that all members of a group
+    have the same mean Δ with the others on the calibration inputs (costs one forward pass up to
+    ``layer + 1`` per planted neuron over the calibration inputs); False (the default) leaves the
+    unweighted sum.
 
     Every input is checked before any weight is changed or any file written, each with one
     :class:`~hedonic_neurons.errors.HedonicError`: the settings (:meth:`PlantSpec.check`), the
@@ -1270,6 +1429,7 @@ def plant(
         max_length=max_length,
         batch_size=batch_size,
         seed=seed,
+        equal_strength=equal_strength,
     ).check()
     given = isinstance(model, NeuronModel)
     if given and adapter is not None:
