@@ -485,7 +485,11 @@ class Pipeline:
 
     @property
     def reference_method(self) -> str:
-        """The hedonic partition that baselines are size-matched to (PAS when computed)."""
+        """The partition whose selected coalitions fix the sizes every method is matched to: the
+        'given' partition when the run has one (a ground truth, or the partition asked about),
+        else the hedonic PAS partition (the first metric's when PAS is not computed)."""
+        if "given" in self.cfg.baselines:
+            return "given"
         metrics = self.cfg.phi.metrics
         return hedonic_method("pas" if "pas" in metrics else metrics[0])
 
@@ -531,6 +535,7 @@ class Pipeline:
                 rows=lambda layer=layer: input_rows(self.nm.mlp_weights(layer)),
                 profiles=lambda layer=layer: self.acts("train", layer).T,
                 n_clusters=n_clusters,
+                settings=cfg.baseline_settings(layer),  # the 'given' baseline's file of this layer
                 inputs=LayerInputs(n_neurons=self.nm.n_neurons),
             )
         stage.finish()

@@ -767,6 +767,13 @@ def check_run(
         except HedonicError as exc:
             raise where("finetune.layers", exc) from None
         updates["finetune"] = cfg.finetune.model_copy(update={"layers": ft_layers})
+    if cfg.given:  # the 'given' baseline's files: one per layer, of n neurons
+        from hedonic_neurons.baselines.given import check_given
+
+        try:
+            check_given(cfg.given, updates["layers"], facts.n_neurons)
+        except HedonicError as exc:
+            raise where("given", exc) from None
     if cfg.adapter is not None and cfg.reference is not None:
         raise ConfigError(f"{source}: give either 'adapter' or 'reference', not both")
     if cfg.adapter is not None:

@@ -473,3 +473,8 @@ PARTITIONERS.add("random", RandomPartition)
 PARTITIONERS.add("kmeans", SphericalKMeans)
 PARTITIONERS.add("hierarchical", Hierarchical)
 PARTITIONERS.add("phi-communities", PhiCommunities)
+
+# a fixed partition read from a file (a partition JSON or a plant ground truth): baselines/given.py
+from hedonic_neurons.baselines.given import GivenPartition  # noqa: E402
+
+PARTITIONERS.add("given", GivenPartition)
