@@ -629,6 +629,20 @@ class Pipeline:
         )
         for layer in cfg.layers:
             bar.set_postfix(layer=layer)
+            # each finished layer is saved, so a killed run resumes at the first unfinished one
+            layer_path = stage.folder / f"layer{layer}.json"
+            saved = read_json(layer_path) if layer_path.is_file() else None
+            if saved is not None and saved.get("key") == stage.key:
+                rows.extend(saved["rows"])
+                ceilings.extend(saved["ceilings"])
+                design.append(saved["design"])
+                for name in new_rows:
+                    new_rows[name].extend(saved["evaluations"].get(name, []))
+                if ev.phi_resamples:
+                    resampled.append(saved["resampled"])
+                bar.update(len(self.test) * len(modes))
+                continue
+            before = (len(rows), len(ceilings), {name: len(got) for name, got in new_rows.items()})
             phis = {m: self.phi(m, layer) for m in cfg.phi.metrics}
             phi = phis[phi_metric]
             # pooled activations at every read position recorded (mean, readout, query)
@@ -717,6 +731,17 @@ class Pipeline:
                     "single_neurons": len(out0.singles),
                     **{f"{k}": v for k, v in ctx.timing.items()},
                 }
+            )
+            write_json(
+                layer_path,
+                {
+                    "key": stage.key,
+                    "rows": rows[before[0] :],
+                    "ceilings": ceilings[before[1] :],
+                    "evaluations": {name: got[before[2][name] :] for name, got in new_rows.items()},
+                    "design": design[-1],
+                    "resampled": resampled[-1] if ev.phi_resamples else None,
+                },
             )
         bar.close()
         self.evaluation = {

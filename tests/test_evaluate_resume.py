@@ -1,0 +1,72 @@
+"""The evaluation stage saves each finished layer: a run killed during layer L's evaluation
+resumes at L, reuses the layers before it without recomputing them, and ends with the same
+evaluation as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+from hedonic_neurons.config import load_config
+from hedonic_neurons.pipeline import run
+from test_loading import make_adapter, save_tiny
+
+
+def evaluation_without_timing(folder) -> dict:
+    doc = json.loads((folder / "evaluation.json").read_text())
+    for d in doc["design"]:  # wall-clock seconds differ between runs
+        for key in ("null", "rest", "attribution"):
+            d.pop(key, None)
+    return doc
+
+
+def test_a_killed_evaluation_resumes_at_the_unfinished_layer(tmp_path, monkeypatch):
+    import hedonic_neurons.evaluate.layer as layer_mod
+
+    base = save_tiny(tmp_path / "base", "llama", layers=4, n=24)
+    make_adapter(base, tmp_path / "adapter", "llama", layers=(1, 2))
+    cfg = load_config(
+        None,
+        {
+            "model": str(base),
+            "adapter": str(tmp_path / "adapter"),
+            "layers": [1, 2],
+            "max_length": 32,
+            "baselines": ["random"],
+            "data": {"max_train_pairs": 40, "max_test_pairs": 20},
+            "phi": {"metrics": ["oca"], "batch_size": 4},
+            "evaluate": {"seeds": [0, 1, 2], "phi_resamples": 0, "attribution": False, "certify_samples": 100},
+            "tracking": {"flow_pairs": 8, "max_pairs": 30},
+        },
+    )
+    out = tmp_path / "run"
+    run(cfg, out, progress=False, stop_after="evaluate")
+    reference = evaluation_without_timing(out)
+    assert {d["layer"] for d in reference["design"]} == {1, 2}
+
+    # a kill during layer 2's evaluation: layer 1's file is there, the stage is not finished
+    (out / "evaluation.json").unlink()
+    (out / "evaluation" / "stage.json").unlink()
+    (out / "evaluation" / "layer2.json").unlink()
+    assert (out / "evaluation" / "layer1.json").is_file()
+
+    real = layer_mod.evaluate_layer
+    evaluated: list[int] = []
+
+    def only_unfinished(nm, layer, *args, **kwargs):
+        evaluated.append(layer)
+        return real(nm, layer, *args, **kwargs)
+
+    monkeypatch.setattr(layer_mod, "evaluate_layer", only_unfinished)
+    run(cfg, out, progress=False, stop_after="evaluate")
+    assert evaluated == [2]  # layer 1 came from its file
+    assert evaluation_without_timing(out) == reference
+
+    # a layer file from other settings (another key) is not reused
+    doc = json.loads((out / "evaluation" / "layer1.json").read_text())
+    doc["key"] = "other"
+    (out / "evaluation" / "layer1.json").write_text(json.dumps(doc))
+    (out / "evaluation" / "stage.json").unlink()
+    evaluated.clear()
+    run(cfg, out, progress=False, stop_after="evaluate")
+    assert evaluated == [1]
+    assert evaluation_without_timing(out) == reference
