@@ -363,3 +363,24 @@ def test_by_position_runs_each_read_position():
     assert res["readout"] == rg.alignment_evaluation(acts["readout"], heur, groups)
     with pytest.raises(DataError, match="same positions"):
         rg.by_position(rg.alignment_evaluation, acts, {"mean": acts["mean"]}, heur_train=heur)
+
+
+def test_a_neuron_off_on_every_training_input_cannot_blow_up_ood_ridge():
+    """Neurons off on every training input vary only by float32 rounding (~1e-10) and are on
+    out of domain: standardised to unit variance, that would put the OOD rows 10⁸ standard
+    deviations out (R² about −1e15 before). They count as constant: the OOD R² stays that of a
+    model without them, and a real feature beside them is still used."""
+    from hedonic_neurons.evaluate.regression import ridge_evaluation
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 5)
+    y = rng.normal(size=100)
+    off = -1e-7 + 1e-10 * rng.normal(size=(100, 2))
+    real = y + rng.normal(scale=0.5, size=100)
+    y_ood = rng.normal(size=40)
+    x_ood = np.column_stack([rng.uniform(0, 0.5, size=(40, 2)), y_ood + rng.normal(scale=0.5, size=40)])
+    got = ridge_evaluation(np.column_stack([off, real]), y, groups, x_ood, y_ood, groups[:40], seed=0)
+    alone = ridge_evaluation(real[:, None], y, groups, x_ood[:, 2:], y_ood, groups[:40], seed=0)
+    assert got["r2_ood"] == pytest.approx(alone["r2_ood"], abs=1e-9)
+    assert got["r2_cv"] == pytest.approx(alone["r2_cv"], abs=1e-9)
+    assert got["r2_ood"] > 0.5
