@@ -31,7 +31,10 @@ from hedonic_neurons.errors import BusyError, HedonicNote
 # file $HEDONIC_TEST_GO exists (it signals that it waits by creating $HEDONIC_TEST_GO.waiting):
 # a run caught in the middle of its work, at a reproducible point.
 BLOCKED_CLI = """
-import os, sys, time
+import os, signal, sys, time
+# Ctrl-C as in a terminal, even when the tests themselves run in a background job (which starts
+# its children with SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from hedonic_neurons.synergy import collect as c
 go, after, calls = os.environ["HEDONIC_TEST_GO"], int(os.environ.get("HEDONIC_TEST_BLOCK_AFTER", "0")), [0]
 def make(update):
