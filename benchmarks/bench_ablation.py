@@ -5,9 +5,11 @@ for every neuron set (``reuse_prefix=True``, the default), instead of running th
 For each model and layer this prints, side by side in one run:
 
 - the time of one plain forward pass of the batch (whole model, no hooks);
-- the time per neuron set with the prefix recomputed and with it replayed, each as a multiple of
-  that forward pass, and their ratio (the speed-up);
-- the largest difference between the two results (they compute the same thing).
+- the time per neuron set with every block recomputed, with the blocks below the layer replayed
+  and the ablated block run per set, and with the ablated block also run once and its output
+  rebuilt per set (the default), each as a multiple of that forward pass, and the speed-up of
+  the last over the first;
+- the largest difference between the results (they compute the same thing, up to float rounding).
 
 Zero ablation of random sets of 10 neurons, so no adapter or reference weights are needed; the
 inputs are demo-corpus pairs (no shared data needed). Usage::
@@ -47,19 +49,28 @@ def bench(name: str, layers: list[int], n_pairs: int, n_sets: int) -> None:
         forward = best_of(lambda: nm.model(**batch))
     print(f"\n{name}: {nm.n_layers} layers, {n_pairs} pairs x {n_sets} sets of 10 neurons (zero ablation)")
     print(f"plain forward pass: {forward * 1000:.0f} ms")
-    print("layer | per set, recomputed | per set, replayed | speed-up | max |difference|")
-    results: dict[tuple[int, bool], torch.Tensor] = {}
+    print(
+        "layer | per set, recomputed | replayed, block per set | replayed, block rebuilt "
+        "| speed-up (rebuilt vs recomputed) | max |difference|"
+    )
+    results: dict[tuple[int, str], torch.Tensor] = {}
 
-    def run(layer: int, reuse: bool) -> None:
-        results[layer, reuse] = ablation_logits(
-            nm.model, batch, layer, sets, mode="zero", max_batch=4 * n_pairs, reuse_prefix=reuse
-        )
+    def run(layer: int, how: str) -> None:
+        results[layer, how] = ablation_logits(
+            nm.model, batch, layer, sets, mode="zero", max_batch=4 * n_pairs,
+            reuse_prefix=how != "recomputed", rebuild_layer=how == "rebuilt",
+        )  # fmt: skip
 
     for layer in layers:
-        slow = best_of(lambda: run(layer, False), 2) / n_sets / forward  # noqa: B023 (called at once)
-        fast = best_of(lambda: run(layer, True), 2) / n_sets / forward  # noqa: B023
-        diff = float((results[layer, True] - results[layer, False]).abs().max())
-        print(f"{layer:5d} | {slow:19.2f}x | {fast:17.2f}x | {slow / fast:7.2f}x | {diff:.1e}")
+        cost = {
+            how: best_of(lambda: run(layer, how), 2) / n_sets / forward  # noqa: B023 (called at once)
+            for how in ("recomputed", "per set", "rebuilt")
+        }
+        diff = max(float((results[layer, how] - results[layer, "recomputed"]).abs().max()) for how in cost)
+        print(
+            f"{layer:5d} | {cost['recomputed']:19.2f}x | {cost['per set']:23.2f}x | {cost['rebuilt']:23.2f}x "
+            f"| {cost['recomputed'] / cost['rebuilt']:32.2f}x | {diff:.1e}"
+        )
 
 
 def main() -> None:

@@ -280,8 +280,9 @@ def test_nested_same_layer_equals_union(neuron_models, family, mode):
             torch.testing.assert_close(full_logits(nm.model, batch), union, atol=1e-6, rtol=0)
         torch.testing.assert_close(full_logits(nm.model, batch), only_a, atol=1e-6, rtol=0)
         inside = ablation_logits(nm, batch, LAYER, [[], b], mode=mode, means=means)
-        torch.testing.assert_close(inside[0], only_a, atol=1e-6, rtol=0)
-        torch.testing.assert_close(inside[1], union, atol=1e-6, rtol=0)
+        # inside, a is in the captured layer state and b in the rebuilt output: float rounding
+        torch.testing.assert_close(inside[0], only_a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(inside[1], union, atol=1e-5, rtol=0)
         hooks_before = hook_count(nm.model)
         with pytest.raises(ModelError, match="neurons 5 of layer 1 are already ablated"):
             ablate(nm, LAYER, [5, 6], mode, means=means).__enter__()

@@ -166,8 +166,9 @@ def test_ablation_errors_leave_no_hooks():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reused_prefix_equals_full_recompute(family):
-    """Running the blocks below the ablated layer once per batch gives the logits of running them
-    once per set, at every layer, under either padding; the model's blocks are untouched after."""
+    """Running the blocks below the ablated layer once per batch, and the ablated block too below
+    the last layer (its output rebuilt per set), gives the logits of running them once per set, at
+    every layer, under either padding; the model's blocks are untouched after."""
     base = tiny_model(family, layers=4)
     _, merged = lora_merged(base)
     blocks = list(block_list(merged))
@@ -179,15 +180,68 @@ def test_reused_prefix_equals_full_recompute(family):
         for layer in range(4):
             reference = mlp_weights(base, layer)
             calls.clear()
+            ablated: list[int] = []
+            on_layer = block_list(merged)[layer].register_forward_pre_hook(
+                lambda m, a, seen=ablated: seen.append(a[0].shape[0])
+            )
             got = ablation_logits(merged, batch, layer, SETS, reference=reference, max_batch=9)
-            # block 0 ran once on the 3 inputs (layers above 0), or in every pass (3, 3 and 1 sets)
-            assert calls == ([3] if layer > 0 else [9, 9, 3])
+            on_layer.remove()
+            # block 0 ran once on the 3 inputs; the ablated block too, except at the last layer,
+            # where the head reads it and it runs in every pass (3, 3 and 1 sets)
+            assert calls == [3]
+            assert ablated == ([3] if layer < 3 else [9, 9, 3])
             slow = ablation_logits(merged, batch, layer, SETS, reference=reference, reuse_prefix=False)
             torch.testing.assert_close(got, slow, atol=1e-5, rtol=1e-5)
             assert (got[1:] - got[0]).abs().max() > 1e-4
     finally:
         handle.remove()
     assert list(block_list(merged)) == blocks and hook_count(merged) == 0
+
+
+def test_unknown_mlp_output_runs_the_ablated_block_per_set():
+    """An architecture that does not declare how its MLP output reaches the block output
+    (``mlp_output=None``, e.g. one registered by a user) runs the ablated block once per set, and
+    gets the logits the rebuilt block output gives for the declared one."""
+    import dataclasses
+
+    from hedonic_neurons.models.adapters import ARCHITECTURES, register_architecture
+
+    base = tiny_model("llama", layers=3)
+    batch = pad_batch(sequences(seed=5), "left")
+    spec = get_spec(base)
+    rebuilt = ablation_logits(base, batch, LAYER, SETS, mode="zero")
+    runs = []
+    handle = block_list(base)[LAYER].register_forward_pre_hook(lambda m, a: runs.append(a[0].shape[0]))
+    try:
+        register_architecture(dataclasses.replace(spec, mlp_output=None), replace=True)
+        per_set = ablation_logits(base, batch, LAYER, SETS, mode="zero")
+    finally:
+        register_architecture(spec, replace=True)
+        handle.remove()
+    assert ARCHITECTURES.get("llama") is spec
+    assert runs == [3 * len(SETS)]
+    torch.testing.assert_close(rebuilt, per_set, atol=1e-5, rtol=1e-5)
+    assert (per_set[1:] - per_set[0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_rebuilt_block_output_in_bf16(family):
+    """In a bf16 model the ablation effects from the rebuilt block output (Δ accumulated in
+    float32) are no further from the float32 model's than those of running the ablated block per
+    set (a rebuilt output that dropped Δ would be off by the whole effect)."""
+    sets = [[], list(range(0, 24, 2)), list(range(24))]
+    model32 = lively_model(family, layers=3)
+    model16 = copy.deepcopy(model32).to(torch.bfloat16)
+    batch = pad_batch(sequences(seed=7), "right" if family == "bert" else "left")
+
+    def effects(model, rebuild=True):
+        logits = ablation_logits(model, batch, LAYER, sets, mode="zero", rebuild_layer=rebuild).float()
+        return logits[1:] - logits[0]
+
+    want, fast, slow = effects(model32), effects(model16), effects(model16, rebuild=False)
+    size = float(want.abs().max())
+    err_fast, err_slow = float((fast - want).abs().max()), float((slow - want).abs().max())
+    assert err_fast <= 1.5 * err_slow + 0.02 * size, (err_fast, err_slow, size)
 
 
 @pytest.mark.slow

@@ -248,3 +248,10 @@ def test_evaluate_layer_runs_resample_with_seeded_donors(neuron_model):
         )
     with pytest.raises(ConfigError, match="needs a donor pool"):
         evaluate_layer(nm, LAYER, partitions, config=cfg, **common)
+    from hedonic_neurons.evaluate.passes import layer_outputs
+
+    passes = dict(sub=np.arange(4), null_sets=[], null_bins=np.zeros(0), mode="resample")
+    with pytest.raises(ModelError, match=rf"fills of shape \({len(test)}, {N}\), got \(3, {N}\)"):
+        layer_outputs(nm, test, LAYER, blocks, fills=fills[:3], **passes)
+    with pytest.raises(ModelError, match="only used by mode='resample'"):
+        layer_outputs(nm, test, LAYER, blocks, fills=fills, **{**passes, "mode": "zero"})

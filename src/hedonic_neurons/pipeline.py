@@ -52,7 +52,6 @@ from hedonic_neurons.validation import RUN_STAGES
 
 #: columns of the extrinsic table ("k": coalitions evaluated per layer, after size matching)
 EXTRINSIC = ("ood_drop", "alignment_r2", "synergy", "blocking_upper", "blocking_upper_phi", "k")
-RIDGE = ("ridge_r2", "ridge_r2_ood", "ridge_r2_ood_refit", "ridge_r2_ood_constant", "ridge_null_percentile")
 
 
 def _log(msg: str) -> None:
@@ -792,7 +791,7 @@ class Pipeline:
 
         # ridge (with its ceiling) and alignment at every read position
         ridge, alignment = position_tables(
-            rows, self.methods, cfg.evaluate.seeds, self.evaluation.get("ridge_ceiling", []), RIDGE
+            rows, self.methods, cfg.evaluate.seeds, self.evaluation.get("ridge_ceiling", [])
         )
         sizes = {}
         for m in self.methods:

@@ -81,25 +81,16 @@ def layer_outputs(
     (a subset of ``sub``; default all of it) on which ``singles`` are ablated. ``fills``: for
     ``mode="resample"``, (len(pairs), n) the fill of each pair (its donor's token-mean
     activations; row k goes with ``pairs[k]`` in every pass)."""
-    from hedonic_neurons.errors import ModelError, arg
     from hedonic_neurons.models.neuron_model import encode_pairs
     from hedonic_neurons.neurons import ablation_logits
+    from hedonic_neurons.neurons.ablation import check_fills
 
     uniq = sorted({tuple(sorted(int(i) for i in c)) for c in coalitions})
     n = int(nm.n_neurons)
     main_sets = [[], *[list(c) for c in uniq], list(range(n))]
     single_sets = [[int(i)] for i in singles]
     n_pairs = len(pairs)
-    if mode == "resample":
-        shape = None if fills is None else tuple(np.shape(fills))
-        if shape != (n_pairs, n):
-            raise ModelError(
-                f"mode='resample' needs fills of shape ({n_pairs}, {n}) (one row per pair), got {shape}: "
-                f"pass {arg('fills')}each pair's donor token-mean activations"
-            )
-        fills = torch.as_tensor(fills)
-    elif fills is not None:
-        raise ModelError(f"{arg('fills')} is only used by mode='resample', got mode='{mode}'")
+    fills = check_fills(mode, fills, n_pairs, n, "cpu")  # one row per pair
     sub = np.asarray(sub, dtype=np.int64)
     syn = sub if syn is None else np.asarray(syn, dtype=np.int64)
     if not np.isin(syn, sub).all():

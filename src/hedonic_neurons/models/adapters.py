@@ -54,6 +54,10 @@ class ArchSpec:
     width_keys: tuple[str, ...] = ("intermediate_size",)  # config keys of the MLP width, first set wins
     width_default: tuple[str, int] | None = None  # none set: (config key, factor), width = factor * key
     encoder: bool = False  # bidirectional encoder (BERT): pair-encoded inputs, CLS readout, no causal head
+    # how the down projection's output reaches the block's output: "residual" (added to the
+    # residual stream unchanged: pre-LN blocks), "post_norm" (added, then ``post_norm``: BERT), or
+    # None (unknown; batched ablation then runs the ablated block once per neuron set)
+    mlp_output: str | None = None
 
     @property
     def gated(self) -> bool:
@@ -78,6 +82,7 @@ _LLAMA_LIKE = dict(
     act="mlp.act_fn",
     final_norm="norm",
     mlp_norm="post_attention_layernorm",
+    mlp_output="residual",
 )
 
 #: model_type -> :class:`ArchSpec`; a spec is registered under each of its ``model_types``.
@@ -113,6 +118,7 @@ for _spec in (
         act="mlp.act",
         final_norm="final_layer_norm",
         mlp_norm="post_attention_layernorm",
+        mlp_output="residual",
     ),
     ArchSpec(
         family="gpt2",
@@ -126,6 +132,7 @@ for _spec in (
         mlp_norm="ln_2",
         width_keys=("n_inner",),
         width_default=("n_embd", 4),  # n_inner=None means 4 * n_embd
+        mlp_output="residual",
     ),
     ArchSpec(
         family="bert",
@@ -137,6 +144,7 @@ for _spec in (
         post_norm="output.LayerNorm",
         attn_norm="attention.output.LayerNorm",
         encoder=True,
+        mlp_output="post_norm",
     ),
 ):
     register_architecture(_spec)

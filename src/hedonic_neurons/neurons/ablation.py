@@ -31,6 +31,21 @@ per batch (unrepeated): their output at the last of them is cached, and in the r
 blocks are swapped for stand-ins that return the cached output (:class:`_Replay`). Each neuron set
 then costs only the blocks from the ablated layer up; the embeddings still run per set (cheap).
 
+The ablated block itself need not run per set either: ablating set S changes the down projection's
+output by Δ_S = Σ_{i∈S} (f_i − a_i) W_i (+ Σ a_i^ref W_i^ref under ``"reference"``, with f_i = 0),
+a sum over |S| columns, and in the registered architectures that output reaches the block's
+output either unchanged through the residual add (pre-LN: block output + Δ_S) or through one norm
+after the add (BERT: post_norm(pre-norm sum + Δ_S)); ``ArchSpec.mlp_output`` says which. So block
+``layer`` runs once per batch too, with its MLP's input, activations and output captured
+(:func:`layer_state`), each set's block output is rebuilt from them (:class:`_DeltaSets`, at most
+one down projection's cost per set, for the whole-layer set), and only the blocks above ``layer``
+run per set. The columns W_i are read by calling the down module's own ``forward`` on unit
+vectors (so a LoRA-wrapped or Conv1D down projection is handled, and no hook fires), and Δ_S is
+accumulated in float32 (float64 in a float64 model). An architecture whose ``mlp_output`` is
+None, a model in training mode (dropout), a head that reads the ablated layer itself
+(``readout="local"``) and a wrapper whose forward bypasses the stand-ins (nnsight's; detected by
+the stand-in's call count) take the path above.
+
 :func:`ablate` is the same ablation as a context manager: inside its ``with`` block every use of
 the model (a forward, ``generate``, ``output_hidden_states``, a captum attribution, an nnsight
 trace) sees the given neurons ablated, for every input row and token. It installs the hooks of
@@ -63,7 +78,7 @@ from hedonic_neurons.models.adapters import (
     n_neurons,
 )
 from hedonic_neurons.models.interop import unwrap_model
-from hedonic_neurons.neurons.readout import local_head, site_hooks
+from hedonic_neurons.neurons.readout import _block_output, local_head, site_hooks
 from hedonic_neurons.neurons.recording import (
     HookSet,
     StopForward,
@@ -117,8 +132,10 @@ class _Replay(nn.Module):
             if not key.startswith("_") and key != "training":
                 object.__setattr__(self, key, value)
         self.output = output
+        self.calls = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
         return self.output
 
 
@@ -138,15 +155,17 @@ def prefix_output(model: nn.Module, inputs: dict[str, Any], layer: int) -> Any:
 
 
 @contextmanager
-def replayed_prefix(model: nn.Module, layer: int, output: Any) -> Iterator[None]:
+def replayed_prefix(model: nn.Module, layer: int, output: Any) -> Iterator[list[_Replay]]:
     """Blocks 0..layer-1 swapped for :class:`_Replay` stand-ins returning ``output``; restored on
-    exit, also after an exception."""
+    exit, also after an exception. Yields the stand-ins (their ``calls`` say whether the forward
+    used them: a wrapper that patches the model's forward, like nnsight's, may bypass them)."""
     blocks = block_list(model)
     originals = [blocks[i] for i in range(layer)]
     try:
-        for i, original in enumerate(originals):
-            blocks[i] = _Replay(original, output)
-        yield
+        stand_ins = [_Replay(original, output) for original in originals]
+        for i, stand_in in enumerate(stand_ins):
+            blocks[i] = stand_in
+        yield stand_ins
     finally:
         for i, original in enumerate(originals):
             blocks[i] = original
@@ -181,6 +200,7 @@ def ablation_logits(
     score_token_id: int | None = None,
     max_batch: int | None = None,
     reuse_prefix: bool = True,
+    rebuild_layer: bool = True,
 ) -> torch.Tensor:
     """Logits with each neuron set of ``layer`` ablated, (len(neuron_sets), B); no gradient.
 
@@ -198,7 +218,10 @@ def ablation_logits(
     readout). ``score_token_id``: for causal LMs (see :func:`local_head`; default for a
     NeuronModel: its own). ``max_batch``: at most this many rows (sets x inputs) per forward pass;
     default: all sets in one pass. ``reuse_prefix``: run the blocks below ``layer`` once per batch,
-    not once per set (same result; see the module docstring).
+    not once per set (same result; see the module docstring). ``rebuild_layer`` (with
+    ``reuse_prefix``): where the architecture adds the MLP's output back in a known way
+    (``ArchSpec.mlp_output``) and the head reads a later layer, run block ``layer`` once per batch
+    too and rebuild its output per set (same result up to float rounding); False runs it per set.
 
     Inside :func:`ablate` the neurons it ablates stay ablated here too; a set may not contain one
     of them (it would be ablated twice).
@@ -216,13 +239,26 @@ def ablation_logits(
     masks = set_masks(neuron_sets, n, device)
     _check_not_ablated(mods.down, layer, masks.any(0).nonzero().squeeze(1).tolist())
     reference, means = _mode_weights(mode, owner, layer, n, reference, means, device)
-    fills = _check_fills(mode, fills, batch_size, n, device)
+    fills = check_fills(mode, fills, batch_size, n, device)
     if score_token_id is None and owner is not None:
         score_token_id = getattr(owner, "score_token_id", None)
     head_layer = layer if readout == "local" else n_layers(model) - 1
     head = local_head(model, head_layer, norm=norm, score_token_id=score_token_id)
     positions = readout_positions(model, mask)
     per_pass = max(1, len(masks) if not max_batch else int(max_batch) // batch_size)
+    if reuse_prefix and rebuild_layer and len(masks) and _layer_is_additive(mods, layer, head_layer):
+        state = layer_state(model, mods, inputs, layer, mlp_input=mode == "reference")
+        delta = _DeltaSets(state, mods, masks, mode, reference, means, fills)
+        out = []
+        for start in range(0, len(masks), per_pass):
+            got = _delta_pass(
+                model, inputs, delta, start, start + per_pass, layer, head_layer, head, positions
+            )
+            if got is None:  # the forward bypassed the stand-ins: run every block per set below
+                break
+            out.append(got)
+        else:
+            return torch.cat(out, 0)
     prefix = prefix_output(model, inputs, layer) if reuse_prefix and layer > 0 and len(masks) else None
     out = [
         _ablated_pass(
@@ -245,6 +281,139 @@ def ablation_logits(
     if not out:
         return torch.zeros(0, batch_size, device=device)
     return torch.cat(out, 0)
+
+
+def _layer_is_additive(mods: MLPModules, layer: int, head_layer: int) -> bool:
+    """Whether a set's block ``layer`` output can be rebuilt from one unablated run of it."""
+    how = mods.spec.mlp_output
+    known = how == "residual" or (how == "post_norm" and mods.post_norm is not None)
+    return known and head_layer > layer and not mods.block.training
+
+
+@torch.no_grad()
+def layer_state(
+    model: nn.Module, mods: MLPModules, inputs: Mapping[str, Any], layer: int, *, mlp_input: bool
+) -> dict:
+    """One unrepeated forward up to block ``layer``'s output (the forward stops there).
+
+    Returns ``out`` (the block's output, as the block returns it), ``a`` (the down projection's
+    input, (B, T, n)), ``pre`` for a ``"post_norm"`` block (the post_norm's input) and ``x`` (the
+    MLP's input) when ``mlp_input``. Hooks already on the model (an enclosing :func:`ablate`) act
+    as usual, so what is captured includes them.
+    """
+    store: dict[str, Any] = {}
+
+    def keep(key: str) -> Callable[..., None]:
+        return lambda module, args: store.__setitem__(key, args[0])
+
+    def stop(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        store["out"] = output
+        raise StopForward
+
+    with hooks() as hook_set:
+        if mlp_input:
+            hook_set.pre(mods.up, keep("x"))
+        hook_set.pre(mods.down, keep("a"))
+        if mods.spec.mlp_output == "post_norm":
+            hook_set.pre(mods.post_norm, keep("pre"))
+        hook_set.post(mods.block, stop)
+        run_forward(model, inputs)
+    return store
+
+
+def _down_columns(down: nn.Module, cols: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(len(cols), d): column i of the down projection's weight for each i in ``cols`` (in
+    ``dtype`` or float32 if wider), read through the module's own ``forward`` (linear:
+    down(e_i) − down(0)), so no hook fires."""
+    weight_like = next(down.parameters(), None)
+    device = weight_like.device if weight_like is not None else cols.device
+    unit = torch.zeros(len(cols) + 1, n, dtype=dtype, device=device)
+    unit[torch.arange(len(cols), device=device), cols.to(device)] = 1
+    out = down.forward(unit).to(torch.promote_types(dtype, torch.float32))
+    return out[:-1] - out[-1:]
+
+
+class _DeltaSets:
+    """Rebuilds block ``layer``'s output with each neuron set ablated from one :func:`layer_state`.
+
+    Set S adds Δ_S = Σ_{i∈S} (f_i − a_i) W_i (+ a_i^ref W_i^ref under ``"reference"``) to the down
+    projection's output, in float32 (or the model's dtype if wider); :meth:`outputs` returns the block outputs of a slice of sets,
+    rows set-major (row r·B + b: set r, input b), as the repeated forward expects.
+    """
+
+    @torch.no_grad()
+    def __init__(self, state: dict, mods: MLPModules, masks: torch.Tensor, mode: str, reference: Any,
+                 means: Any, fills: Any) -> None:  # fmt: skip
+        self.state, self.mods, self.masks = state, mods, masks
+        a = state["a"]
+        n = a.shape[-1]
+        cols = masks.any(0).nonzero().squeeze(1).to(a.device)
+        self.local = torch.full((n,), -1, dtype=torch.long, device=a.device)
+        self.local[cols] = torch.arange(len(cols), device=a.device)
+        acc = self.acc = torch.promote_types(a.dtype, torch.float32)  # float32 or better
+        a_cols = a.index_select(-1, cols).to(acc)
+        if mode == "mean":
+            fill = means.to(a.device, acc).index_select(0, cols)
+        elif mode == "resample":
+            fill = fills.to(a.device, acc).index_select(1, cols).reshape(a.shape[0], *[1] * (a.dim() - 2), -1)
+        else:
+            fill = torch.zeros((), device=a.device)
+        self.shift = fill - a_cols  # (B, T, c): f_i − a_i
+        self.weight = _down_columns(mods.down, cols, n, a.dtype).to(acc)  # (c, d)
+        self.ref_acts = self.ref_weight = None
+        if mode == "reference":
+            sub = _sub_weights(reference, cols, reference.up.dtype)
+            self.ref_acts = sub.activations(state["x"].to(sub.up.dtype)).to(a.device, acc)
+            self.ref_weight = sub.down.T.to(a.device, acc)  # (c, d)
+        post = mods.spec.mlp_output == "post_norm"
+        self.base = state["pre"] if post else _block_output(state["out"])
+        self.norm = mods.post_norm if post else None
+
+    @torch.no_grad()
+    def outputs(self, start: int, stop: int) -> tuple[Any, int]:
+        rows = []
+        for mask in self.masks[start:stop]:
+            idx = self.local[mask.to(self.local.device).nonzero().squeeze(1)]
+            delta = self.shift.index_select(-1, idx) @ self.weight.index_select(0, idx)
+            if self.ref_acts is not None:
+                delta = delta + self.ref_acts.index_select(-1, idx) @ self.ref_weight.index_select(0, idx)
+            row = (self.base.to(self.acc) + delta).to(self.base.dtype)
+            rows.append(row if self.norm is None else self.norm(row))
+        sets, batch_size = len(rows), self.base.shape[0]
+        hidden = torch.cat(rows, 0)
+        out = self.state["out"]
+        if isinstance(out, torch.Tensor):
+            return hidden, sets
+        return type(out)([hidden, *repeat_batch(tuple(out[1:]), sets, batch_size)]), sets
+
+
+@torch.no_grad()
+def _delta_pass(
+    model: nn.Module,
+    inputs: dict[str, Any],
+    delta: _DeltaSets,
+    start: int,
+    stop: int,
+    layer: int,
+    head_layer: int,
+    head: Any,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Logits of sets ``start:stop`` with blocks 0..``layer`` replayed from :class:`_DeltaSets`;
+    None if the forward did not go through the stand-ins (the result would not be ablated)."""
+    output, sets = delta.outputs(start, stop)
+    batch_size = positions.shape[0]
+    rep = {key: repeat_batch(value, sets, batch_size) for key, value in inputs.items()}
+    store: dict[str, torch.Tensor] = {}
+    with hooks() as hook_set:
+        site_hooks(model, head_layer, hook_set, store)
+        with replayed_prefix(model, layer + 1, output) as stand_ins:
+            run_forward(model, rep)
+    if stand_ins[-1].calls == 0:
+        return None
+    resid = store["resid"]
+    rows = torch.arange(resid.shape[0], device=resid.device)
+    return head(resid[rows, positions.repeat(sets)]).reshape(sets, batch_size)
 
 
 def _check_mode(mode: str) -> None:
@@ -289,7 +458,7 @@ def _mode_weights(
     return None, None
 
 
-def _check_fills(mode: str, fills: Any, rows: int | None, n: int, device: Any) -> torch.Tensor | None:
+def check_fills(mode: str, fills: Any, rows: int | None, n: int, device: Any) -> torch.Tensor | None:
     """The checked per-row fills of ``"resample"`` as a floating-point (rows, n) tensor on
     ``device`` (``rows=None``: any number of rows); None for the other modes, which take none."""
     if mode != "resample":
@@ -492,7 +661,7 @@ def ablate(
     param = next(mods.down.parameters(), None)
     device = param.device if param is not None else None
     weights, mean_values = _mode_weights(mode, owner, layer, n, reference, means, device)
-    row_fills = _check_fills(mode, fills, None, n, device)
+    row_fills = check_fills(mode, fills, None, n, device)
     mask = torch.zeros(1, n, dtype=torch.bool, device=device)
     mask[0, neurons] = True
     with _claimed(mods.down, layer, neurons), hooks() as hook_set:

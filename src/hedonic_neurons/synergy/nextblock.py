@@ -181,10 +181,15 @@ class NextBlockReadout:
             store["h"] = _first(out)
             raise StopForward
 
-        with replayed_prefix(self.model, self.layer + 1, output), hooks() as hook_set:
+        with replayed_prefix(self.model, self.layer + 1, output) as stand_ins, hooks() as hook_set:
             # after the swap: at the last layer the last block is itself a stand-in
             hook_set.post(block_list(self.model)[self.last], save)
             run_forward(self.model, inputs)
+        if stand_ins[-1].calls == 0:
+            raise ModelError(
+                "readout 'next-block': the model's forward did not use the replayed residual (a "
+                "wrapper such as nnsight patches the forward); pass the unwrapped Hugging Face model"
+            )
         final = store["h"][torch.arange(k, device=pos.device), pos]
         return self.head(final)
 
