@@ -164,3 +164,15 @@ def write_pairs(path, rows: int = 11, *, seed: int = 0):
         lines.append(f"q{k // 3}\tp{k}\t{query}\t{passage}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def tiny_neuron_model(root, n: int, rows: int, n_test: int):
+    """A scaled tiny LLaMA (``n`` MLP neurons) loaded as a NeuronModel from ``root``, and
+    ``rows`` written pairs (queries of 3 pairs) split into (model, the first ``n_test``, the rest)."""
+    from hedonic_neurons.data import load_pairs
+    from hedonic_neurons.models import load_model
+
+    with one_thread():
+        nm = load_model(save_scaled_tiny(root / "llama", "llama", n=n), device="cpu")
+    pairs = load_pairs(write_pairs(root / "pairs.tsv", rows=rows))
+    return nm, pairs[:n_test], pairs[n_test:]

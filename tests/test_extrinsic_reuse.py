@@ -17,15 +17,9 @@ LAYER, N = 1, 24
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from hedonic_neurons.data import load_pairs
-    from hedonic_neurons.models import load_model
-    from synergy_helpers import save_scaled_tiny, write_pairs
+    from synergy_helpers import tiny_neuron_model
 
-    root = tmp_path_factory.mktemp("reuse")
-    with one_thread():
-        nm = load_model(save_scaled_tiny(root / "llama", "llama", n=N), device="cpu")
-    pairs = load_pairs(write_pairs(root / "pairs.tsv", rows=24))  # 8 queries of 3 pairs
-    return nm, pairs[:12], pairs[12:]
+    return tiny_neuron_model(tmp_path_factory.mktemp("reuse"), N, rows=24, n_test=12)  # 8 queries of 3 pairs
 
 
 def test_extrinsic_rows_reuse_the_evaluations_passes(setup, monkeypatch):

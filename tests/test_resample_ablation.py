@@ -198,15 +198,9 @@ def test_bad_fills_raise_one_clear_error():
 
 @pytest.fixture(scope="module")
 def neuron_model(tmp_path_factory):
-    from hedonic_neurons.data import load_pairs
-    from hedonic_neurons.models import load_model
-    from synergy_helpers import save_scaled_tiny, write_pairs
+    from synergy_helpers import tiny_neuron_model
 
-    root = tmp_path_factory.mktemp("resample")
-    with one_thread():
-        nm = load_model(save_scaled_tiny(root / "llama", "llama", n=N), device="cpu")
-    pairs = load_pairs(write_pairs(root / "pairs.tsv", rows=15))  # 5 queries of 3 pairs
-    return nm, pairs[:9], pairs[9:]
+    return tiny_neuron_model(tmp_path_factory.mktemp("resample"), N, rows=15, n_test=9)  # 5 queries of 3 pairs
 
 
 def test_evaluate_layer_runs_resample_with_seeded_donors(neuron_model):

@@ -242,30 +242,43 @@ def ridge_path(x_train: Any, y_train: Any, x_eval: Any, alphas: Sequence[float] 
 
     The same model as ``make_pipeline(StandardScaler(), Ridge(alpha))``: features standardised
     on the training rows, unpenalised intercept. One symmetric eigendecomposition serves the
-    whole α grid: of the Gram matrix X Xᵀ when there are fewer rows than features (all neurons
-    of a layer), of Xᵀ X otherwise. Returns (len(alphas), eval rows).
+    whole α grid (:func:`ridge_coefficients`). Returns (len(alphas), eval rows).
     """
-    xt, xe = _matrix(x_train, "x_train"), _matrix(x_eval, "x_eval")
+    xe = _matrix(x_eval, "x_eval")
+    mean, scale, coef, ybar = ridge_coefficients(x_train, y_train, alphas)
+    if xe.shape[1] != mean.size:
+        raise DataError(f"x_eval has {xe.shape[1]} columns; expected {mean.size} like x_train")
+    return (((xe - mean) / scale) @ coef).T + ybar
+
+
+def ridge_coefficients(
+    x_train: Any, y_train: Any, alphas: Sequence[float] = RIDGE_ALPHAS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(mean, scale, coef, intercept)`` of ridge on standardised features for every α:
+    a prediction is ``((x - mean) / scale) @ coef + intercept``, coef (features, len(alphas)).
+
+    One symmetric eigendecomposition serves the whole α grid: of the Gram matrix X Xᵀ when there
+    are fewer rows than features (all neurons of a layer), of Xᵀ X otherwise. A constant feature
+    has scale ∞ (it contributes nothing).
+    """
+    xt = _matrix(x_train, "x_train")
     yt = _vector(y_train, "y_train", xt.shape[0])
-    if xe.shape[1] != xt.shape[1]:
-        raise DataError(f"x_eval has {xe.shape[1]} columns; expected {xt.shape[1]} like x_train")
     a = np.asarray(alphas, dtype=np.float64).ravel()
     if a.size == 0 or not (np.isfinite(a).all() and (a > 0).all()):
         raise ConfigError(f"{arg('alphas')} must be positive finite ridge penalties, got {list(a)}")
     mean, scale = _standardise(xt)
-    xs, xes = (xt - mean) / scale, (xe - mean) / scale
-    ybar = yt.mean()
+    xs = (xt - mean) / scale
+    ybar = float(yt.mean())
     yc = yt - ybar
     if xs.shape[0] <= xs.shape[1]:  # kernel form: coef = Xᵀ U diag(1 / (λ + α)) Uᵀ y
         lam, u = np.linalg.eigh(xs @ xs.T)
-        proj = (xes @ xs.T) @ u
-        z = u.T @ yc
+        lam = np.clip(lam, 0.0, None)
+        coef = xs.T @ (u @ ((u.T @ yc)[:, None] / (lam[:, None] + a[None, :])))
     else:  # primal form: coef = V diag(1 / (λ + α)) Vᵀ Xᵀ y
         lam, v = np.linalg.eigh(xs.T @ xs)
-        proj = xes @ v
-        z = v.T @ (xs.T @ yc)
-    lam = np.clip(lam, 0.0, None)
-    return (proj @ (z[:, None] / (lam[:, None] + a[None, :]))).T + ybar
+        lam = np.clip(lam, 0.0, None)
+        coef = v @ ((v.T @ (xs.T @ yc))[:, None] / (lam[:, None] + a[None, :]))
+    return mean, scale, coef, ybar
 
 
 class GroupedRidgeCV:
@@ -274,7 +287,8 @@ class GroupedRidgeCV:
     ``fit(x, y, groups)`` scores every α in ``alphas`` by the summed squared error over the
     folds of :func:`grouped_folds` (one :func:`ridge_path` per fold), keeps the best (the
     smallest α among equal errors) as ``alpha_`` and refits on all rows. ``cv_mse_`` holds the
-    mean squared error of each α; ``predict(x)`` applies the refitted model.
+    mean squared error of each α; ``predict(x)`` applies the refitted model (its coefficients
+    ``coef_``, ``intercept_`` and standardisation ``mean_``, ``scale_`` are kept at fit).
     """
 
     def __init__(self, alphas: Sequence[float] = RIDGE_ALPHAS, n_splits: int = 5) -> None:
@@ -295,11 +309,15 @@ class GroupedRidgeCV:
             _codes(groups, x.shape[0])
             self.cv_mse_ = np.full(alphas.size, np.nan)
             self.alpha_ = float(alphas[0])
-        self._x, self._y = x, y
+        self.mean_, self.scale_, coef, self.intercept_ = ridge_coefficients(x, y, [self.alpha_])
+        self.coef_ = coef[:, 0]
         return self
 
     def predict(self, x: Any) -> np.ndarray:
-        return ridge_path(self._x, self._y, x, [self.alpha_])[0]
+        x = _matrix(x, "x")
+        if x.shape[1] != self.coef_.size:
+            raise DataError(f"x has {x.shape[1]} columns; the ridge was fitted on {self.coef_.size}")
+        return ((x - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
 
 
 def _oof(fit_predict: Callable[..., np.ndarray], y: np.ndarray, folds: list) -> np.ndarray:
