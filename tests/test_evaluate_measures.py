@@ -353,3 +353,23 @@ def test_rm_effects_use_listwise_ce_and_report_ndcg():
     assert rows["m1"]["ndcg_before"] == pytest.approx((1 / math.log2(3) + 1) / 2)
     assert rows["m1"]["ndcg_after"] == pytest.approx(rows["m1"]["ndcg_before"])
     assert math.isnan(rows["m1"]["dloss_fraction"]["mean"])  # the whole-layer shift is uniform too
+
+
+def test_non_additivity_sentence_without_a_null():
+    """Where every random set changes nothing (reference ablation in a planted model: the null's
+    sets hold no planted neuron), the null's non-additivity is undefined; the sentence says so
+    instead of printing "nan%", and still gives the coalitions' own figure."""
+    row = {
+        "layer": 3,
+        "method": "given",
+        "nonadditivity": {"mean": 0.97, "low": 0.70, "high": 1.11},
+        "null_nonadditivity": float("nan"),
+        "percentile_nonadditivity": float("nan"),
+        "layer_first_order_explained": 0.59,
+    }
+    (sentence,) = EVALUATIONS.get("synergy")().summary([row])
+    assert "97% of the joint effect" in sentence and "70%–111%" in sentence
+    assert "no random size-matched set changed the output" in sentence and "nan" not in sentence
+    with_null = {**row, "null_nonadditivity": 0.014, "percentile_nonadditivity": 83.2}
+    (sentence,) = EVALUATIONS.get("synergy")().summary([with_null])
+    assert "random size-matched sets: 1%, percentile 83" in sentence

@@ -346,12 +346,16 @@ class Synergy(Evaluation):
             here = [r for r in rows if r["layer"] == layer and "nonadditivity" in r]
             for r in here:
                 na = {k: _f(v) for k, v in r["nonadditivity"].items()}
+                null = _f(r["null_nonadditivity"])
+                versus = (
+                    f"random size-matched sets: {null:.0%}, percentile {_f(r['percentile_nonadditivity']):.0f}"
+                    if np.isfinite(null)
+                    else "no random size-matched set changed the output, so there is no null to compare with"
+                )
                 out.append(
                     f"Layer {layer}, {r['method']}: joint ablation departs from the sum of single-neuron "
                     f"effects by {na['mean']:.0%} of the joint effect "
-                    f"({_ci(na['low'], na['high'], '.0%')}; "
-                    f"random size-matched sets: {_f(r['null_nonadditivity']):.0%}, percentile "
-                    f"{_f(r['percentile_nonadditivity']):.0f})."
+                    f"({_ci(na['low'], na['high'], '.0%')}; {versus})."
                 )
             explained = _f(here[0]["layer_first_order_explained"]) if here else float("nan")
             if np.isfinite(explained) and explained > 0.95:
