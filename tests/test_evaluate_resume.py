@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 
-from hedonic_neurons.config import load_config
 from hedonic_neurons.pipeline import run
-from test_loading import make_adapter, save_tiny
+from test_loading import tiny_run_config
 
 
 def evaluation_without_timing(folder) -> dict:
@@ -22,22 +21,7 @@ def evaluation_without_timing(folder) -> dict:
 def test_a_killed_evaluation_resumes_at_the_unfinished_layer(tmp_path, monkeypatch):
     import hedonic_neurons.evaluate.layer as layer_mod
 
-    base = save_tiny(tmp_path / "base", "llama", layers=4, n=24)
-    make_adapter(base, tmp_path / "adapter", "llama", layers=(1, 2))
-    cfg = load_config(
-        None,
-        {
-            "model": str(base),
-            "adapter": str(tmp_path / "adapter"),
-            "layers": [1, 2],
-            "max_length": 32,
-            "baselines": ["random"],
-            "data": {"max_train_pairs": 40, "max_test_pairs": 20},
-            "phi": {"metrics": ["oca"], "batch_size": 4},
-            "evaluate": {"seeds": [0, 1, 2], "phi_resamples": 0, "attribution": False, "certify_samples": 100},
-            "tracking": {"flow_pairs": 8, "max_pairs": 30},
-        },
-    )
+    cfg = tiny_run_config(tmp_path, [1, 2], {"seeds": [0, 1, 2], "phi_resamples": 0, "attribution": False, "certify_samples": 100})
     out = tmp_path / "run"
     run(cfg, out, progress=False, stop_after="evaluate")
     reference = evaluation_without_timing(out)

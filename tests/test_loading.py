@@ -614,3 +614,26 @@ def test_adapter_brings_the_input_format_it_was_trained_with(tmp_path):
     assert (fmt.template, fmt.max_length, fmt.kind) == (doc_first, 48, "text")
     explicit = load_model(base, adapter=adapter, device="cpu", input_format=InputFormat(max_length=40))
     assert (explicit.input_format.template, explicit.input_format.max_length) == (DEFAULT_TEMPLATE, 40)
+
+
+def tiny_run_config(tmp_path: Path, layers, evaluate: dict):
+    """A validated RunConfig for a fast ``hedonic run`` on a saved tiny LLaMA (4 layers, 24
+    neurons) with a LoRA adapter on layers 1-2: OCA φ, the random baseline, demo data."""
+    from hedonic_neurons.config import load_config
+
+    base = save_tiny(tmp_path / "base", "llama", layers=4, n=24)
+    make_adapter(base, tmp_path / "adapter", "llama", layers=(1, 2))
+    return load_config(
+        None,
+        {
+            "model": str(base),
+            "adapter": str(tmp_path / "adapter"),
+            "layers": list(layers),
+            "max_length": 32,
+            "baselines": ["random"],
+            "data": {"max_train_pairs": 40, "max_test_pairs": 20},
+            "phi": {"metrics": ["oca"], "batch_size": 4},
+            "evaluate": evaluate,
+            "tracking": {"flow_pairs": 8, "max_pairs": 30},
+        },
+    )

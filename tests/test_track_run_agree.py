@@ -8,9 +8,8 @@ import json
 import pytest
 
 from hedonic_neurons.cli import main
-from hedonic_neurons.config import load_config
 from hedonic_neurons.pipeline import load_split, run
-from test_loading import make_adapter, save_tiny
+from test_loading import tiny_run_config
 
 # where the two calls differ by construction: the run's timestamps, the partition seed it tracked
 # (``hedonic track`` reads a folder) and the words describing the pairs (a split vs a file name)
@@ -34,22 +33,7 @@ def outputs(folder) -> dict[str, object]:
 
 
 def test_hedonic_track_on_the_runs_partitions_writes_the_runs_tracking_files(tmp_path):
-    base = save_tiny(tmp_path / "base", "llama", layers=4, n=24)
-    make_adapter(base, tmp_path / "adapter", "llama", layers=(1, 2))
-    cfg = load_config(
-        None,
-        {
-            "model": str(base),
-            "adapter": str(tmp_path / "adapter"),
-            "layers": [0, 1, 2],
-            "max_length": 32,
-            "baselines": ["random"],
-            "data": {"max_train_pairs": 40, "max_test_pairs": 20},
-            "phi": {"metrics": ["oca"], "batch_size": 4},
-            "evaluate": {"seeds": [0, 1, 2]},
-            "tracking": {"flow_pairs": 8, "max_pairs": 30},
-        },
-    )
+    cfg = tiny_run_config(tmp_path, [0, 1, 2], {"seeds": [0, 1, 2]})
     run(cfg, tmp_path / "run", progress=False, stop_after="tracking")
 
     # the train pairs the run tracked on, as a pairs file for `hedonic track --data`
@@ -60,7 +44,7 @@ def test_hedonic_track_on_the_runs_partitions_writes_the_runs_tracking_files(tmp
 
     for method in ("hedonic-oca", "random"):
         argv = [
-            "track", str(base), "--adapter", str(tmp_path / "adapter"),
+            "track", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter"),
             "--partitions", str(tmp_path / "run" / "partitions" / method / "seed0"),
             "--out", str(tmp_path / "track" / method),
             "--data", str(tsv), "--max-pairs", "30", "--flow-pairs", "8",

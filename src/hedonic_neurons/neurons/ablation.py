@@ -367,6 +367,7 @@ class _DeltaSets:
             self.ref_weight = sub.down.T.to(a.device, acc)  # (c, d)
         post = mods.spec.mlp_output == "post_norm"
         self.base = state["pre"] if post else _block_output(state["out"])
+        self.base_acc = self.base.to(acc)  # converted once, not once per set
         self.norm = mods.post_norm if post else None
 
     @torch.no_grad()
@@ -377,7 +378,7 @@ class _DeltaSets:
             delta = self.shift.index_select(-1, idx) @ self.weight.index_select(0, idx)
             if self.ref_acts is not None:
                 delta = delta + self.ref_acts.index_select(-1, idx) @ self.ref_weight.index_select(0, idx)
-            row = (self.base.to(self.acc) + delta).to(self.base.dtype)
+            row = (self.base_acc + delta).to(self.base.dtype)
             rows.append(row if self.norm is None else self.norm(row))
         sets, batch_size = len(rows), self.base.shape[0]
         hidden = torch.cat(rows, 0)
