@@ -16,9 +16,8 @@ from sklearn.metrics import adjusted_rand_score
 from hedonic_neurons.artifacts import load_phi
 from hedonic_neurons.config import EvaluateConfig, load_config
 from hedonic_neurons.errors import ConfigError, HedonicError
-from hedonic_neurons.evaluate.stability import two_level_interval
 from hedonic_neurons.partition import Partition
-from hedonic_neurons.pipeline import Pipeline
+from hedonic_neurons.pipeline import Pipeline, task_values
 from hedonic_neurons.synergy.collect import CollectSettings, collect, phi_path
 from test_pipeline import tiny_run_config
 
@@ -142,59 +141,104 @@ def test_stability_is_sklearn_ari_of_the_written_partitions(resampled):
     assert any("under φ resampling" in s and "ARI" in s for s in results["summary"])
 
 
-def test_effect_interval_is_two_level_over_the_stored_effects(resampled):
+def _is_phi(value) -> bool:
+    return isinstance(value, dict) and "n_resamples" in value
+
+
+def test_every_hedonic_row_has_a_phi_interval(resampled):
+    """results.json: each hedonic row of every evaluation table and of the extrinsic, ridge and
+    alignment tables carries at least one interval over (φ resample, query); no other row does."""
+    results = json.loads((resampled.out / "results.json").read_text())
+    tables = dict(results["evaluation_tables"])
+    tables.pop("Partition stability under φ resampling")  # the φ-resample spread itself (ARI)
+    tables = {t: rows for t, rows in tables.items() if all("method" in r for r in rows)}  # not φ validity
+    assert {"Ablation effects", "Against random size-matched sets", "Non-additivity of joint ablation"} <= set(tables)
+    tables.update(extrinsic=results["table_extrinsic"], ridge=results["table_ridge"])
+    tables["alignment"] = results["table_alignment"]
+    for title, rows in tables.items():
+        hedonic = [r for r in rows if r["method"].startswith("hedonic")]
+        assert hedonic, title
+        for row in hedonic:
+            phi = {k: v for k, v in row.items() if _is_phi(v)}
+            assert phi, (title, row["method"])
+            for interval in phi.values():
+                assert interval["n_resamples"] >= 1
+                if interval["low"] is not None:
+                    assert interval["low"] <= interval["high"]
+        assert not any(_is_phi(v) for r in rows if not r["method"].startswith("hedonic") for v in r.values())
+    effects = [r for r in results["evaluation_tables"]["Ablation effects"] if r["method"].startswith("hedonic")]
+    assert all({"rms_phi", "dloss_phi", "rms_vs_random_phi"} <= set(r) for r in effects if r["coalitions"])
+    for row in results["table_extrinsic"]:
+        if row["method"].startswith("hedonic"):
+            assert {"ood_drop_phi", "alignment_r2_phi"} <= set(row)
+    for row in results["table_ridge"]:
+        if row["method"].startswith("hedonic"):
+            assert "ridge_r2_phi" in row
+
+
+def test_phi_intervals_centre_on_the_resamples_figures(resampled):
+    """Brute force: the mean of rms_phi is the mean over resamples of each resample's coalitions'
+    per-query normalised RMS Δlogit (ablated here one by one), and the mean of ridge_r2_phi is the
+    mean over resamples of ridge on those coalitions' activations."""
     from hedonic_neurons.evaluate.measures import query_index
     from hedonic_neurons.evaluate.ood import ablated_outputs
+    from hedonic_neurons.evaluate.regression import coalition_matrix, ridge_evaluation
     from hedonic_neurons.evaluate.select import select_coalitions
 
     run = resampled
     ev = run.cfg.evaluate
     doc = _evaluation(run)
-    rows = doc["evaluations"]["effects"]
-    hedonic_rows = [r for r in rows if r["method"].startswith("hedonic")]
-    assert hedonic_rows and all("rms_phi" in r for r in hedonic_rows)
-    assert not any("rms_phi" in r for r in rows if not r["method"].startswith("hedonic"))
+    results = json.loads((run.out / "results.json").read_text())
+    groups, names = query_index([p.qid for p in run.test])
+    y_train = task_values(run.cfg.task, run.train, run.train_qrels)
+    train_q = np.array([p.qid for p in run.train])
     for entry in doc["phi_resampling"]["layers"]:
         layer = entry["layer"]
-        for method, table in entry["effects"]["reference"].items():
-            table = np.asarray(table)
-            assert table.shape == (R, doc["design"][0]["test_queries"])
-            want = two_level_interval(table, n_boot=ev.bootstrap, seed=4000 + layer)
-            row = next(
-                r for r in rows if (r["layer"], r["method"], r["mode"]) == (layer, method, "reference")
-            )
-            assert row["rms_phi"] == {k: pytest.approx(want[k]) for k in ("mean", "low", "high")}
-            assert row["rms_phi_resamples"] == R
-            assert want["low"] < want["mean"] < want["high"]
-        # the reference method's coalitions on each resample: the selection rule on that resample's φ
-        for r in range(R):
+        for r in range(R):  # the reference method's picks: the selection rule on that resample's φ
             part = Partition.load(run.resample_partition_path("hedonic-pas", r, layer))
-            phi_r = run.phi_resampled("pas", r, layer)
             picked = select_coalitions(
-                part.coalitions, phi_r, rule=ev.selection, k=ev.top_k, band=tuple(ev.size_band)
-            )
+                part.coalitions, run.phi_resampled("pas", r, layer), rule=ev.selection, k=ev.top_k,
+                band=tuple(ev.size_band),
+            )  # fmt: skip
             assert entry["chosen"][r]["hedonic-pas"] == picked
-        # brute force: the per-query RMS Δlogit of resample 0's hedonic-pas coalitions
-        chosen = entry["chosen"][0]["hedonic-pas"]
-        base, ablated = ablated_outputs(run.nm, run.test, layer, chosen, batch_size=4)
-        groups, names = query_index([p.qid for p in run.test])
-        sd = np.std(base.astype(np.float64))
-        per_q = np.array(
-            [
+            assert sorted(len(c) for c in entry["chosen"][r]["random"]) == sorted(len(c) for c in picked)
+        row = next(
+            x
+            for x in doc["evaluations"]["effects"]
+            if (x["layer"], x["method"], x["mode"]) == (layer, "hedonic-pas", "reference")
+        )
+        base = None
+        per_resample, ridge = [], []
+        for r in range(R):
+            chosen = entry["chosen"][r]["hedonic-pas"]
+            if not chosen:
+                continue
+            base, ablated = ablated_outputs(run.nm, run.test, layer, chosen, batch_size=4)
+            sd = np.std(base.astype(np.float64))
+            rms = [
                 [np.sqrt(np.mean((a[groups == g] - base[groups == g]) ** 2)) / sd for g in range(len(names))]
                 for a in ablated.astype(np.float64)
             ]
-        ).mean(0)
-        stored = np.asarray(entry["effects"]["reference"]["hedonic-pas"])[0]
-        np.testing.assert_allclose(stored, per_q, rtol=1e-3)
+            per_resample.append(np.mean(rms))
+            x = run.acts("train", layer) @ coalition_matrix(chosen, run.nm.n_neurons)
+            ridge.append(ridge_evaluation(x, y_train, train_q, seed=ev.seeds[0])["r2_cv"])
+        assert per_resample, "no resample had coalitions to evaluate: the test checks nothing"
+        assert row["rms_phi"]["n_resamples"] == len(per_resample)
+        assert row["rms_phi"]["mean"] == pytest.approx(np.mean(per_resample), rel=2e-3)
+        assert row["rms_phi"]["low"] < row["rms_phi"]["high"]
+        table = next(
+            x for x in results["table_ridge"] if x["method"] == "hedonic-pas" and x["position"] == "mean"
+        )
+        assert table["ridge_r2_phi"]["mean"] == pytest.approx(np.mean(ridge), abs=1e-9)
 
 
 def _without_resampling(doc: dict) -> dict:
     doc = json.loads(json.dumps(doc))
     doc.pop("phi_resampling", None)
-    for row in doc["evaluations"].get("effects", []):
-        row.pop("rms_phi", None)
-        row.pop("rms_phi_resamples", None)
+    for rows in doc["evaluations"].values():
+        for row in rows:
+            for key in [k for k, v in row.items() if _is_phi(v)]:
+                row.pop(key)
     for d in doc["design"]:
         for key in TIMING:
             d.pop(key, None)
@@ -204,7 +248,7 @@ def _without_resampling(doc: dict) -> dict:
 def test_zero_resamples_changes_nothing(resampled, plain):
     off, on = _evaluation(plain), _evaluation(resampled)
     assert "phi_resampling" not in off
-    assert not any("rms_phi" in r for rows in off["evaluations"].values() for r in rows)
+    assert not any(_is_phi(v) for rows in off["evaluations"].values() for r in rows for v in r.values())
     assert not (plain.out / "resample").exists()
     assert _without_resampling(on) == _without_resampling(off)
     assert _without_resampling(on) != on  # the resampled run did add its figures

@@ -276,9 +276,9 @@ class EvaluateConfig(_Strict):
     explorer_inputs: int = Field(64, ge=1)
     # φ-data resampling: the training pairs φ was estimated on are cut into this many disjoint
     # seeded subsets, φ is estimated on each and every hedonic partition re-solved on it; the run
-    # reports each hedonic partition's stability (ARI) and consensus coalitions, and each hedonic
-    # effects row gets an interval over (resample, query) beside the query-only one. 0: off;
-    # otherwise at least 3
+    # reports each hedonic partition's stability (ARI) and consensus coalitions, and every hedonic
+    # row (evaluations, extrinsic, ridge, alignment) gets <figure>_phi intervals over (resample,
+    # query) beside the query-only ones (evaluate/resample.py). 0: off; otherwise at least 3
     phi_resamples: int = Field(3, ge=0)
 
     _seeds = field_validator("seeds")(classmethod(lambda cls, v: _unique(v)))

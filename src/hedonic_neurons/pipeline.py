@@ -60,6 +60,21 @@ def _log(msg: str) -> None:
     print(f"[hedonic run] {msg}", file=sys.stderr, flush=True)
 
 
+def _extrinsic_replicates(row: dict[str, Any]) -> dict[str, Any]:
+    """One φ resample's extrinsic row reduced to what the report's ``_phi`` intervals need:
+    ``{field: {"point", "replicates"}}`` for ``ood_drop`` and, per read position,
+    ``ridge_r2`` and ``alignment_r2`` (keys ``<position>/<field>``); ``{}`` for a row without
+    coalitions. The replicates are taken out of ``row``."""
+    reps = row.pop("replicates", None)
+    if reps is None:
+        return {}
+    out = {"ood_drop": {"point": row["ood_drop"], "replicates": reps["ood_drop"].tolist()}}
+    for pos, by in reps["by_position"].items():
+        for field, values in by.items():
+            out[f"{pos}/{field}"] = {"point": row["by_position"][pos][field], "replicates": values.tolist()}
+    return out
+
+
 class Stage:
     """A cached pipeline stage: ``done()`` when its folder holds a matching ``stage.json``."""
 
@@ -372,24 +387,48 @@ class Pipeline:
         return {method: part for (method, _), part in got.items()}
 
     def resample_layer(
-        self, layer: int, ctx: Any, config: Any, means: Any = None, donors: Any = None
+        self,
+        layer: int,
+        ctx: Any,
+        config: Any,
+        means: Any = None,
+        donors: Any = None,
+        *,
+        data: Any,
+        acts_train: Any,
+        acts_test: Any,
+        rows: dict[str, list[dict[str, Any]]],
     ) -> dict[str, Any]:
         """φ resampling at one layer, after its evaluation (``ctx``: its
         :class:`~hedonic_neurons.evaluate.base.LayerContext`; ``config``: the evaluation's
-        settings, ablation modes included): every hedonic partition re-solved on each φ resample,
-        its stability and consensus groups (:func:`~hedonic_neurons.evaluate.resample.stability_rows`),
-        the coalitions the selection rule picks on each resample and their per-query normalised
-        RMS Δlogit on the test queries in every ablation mode
-        (:func:`~hedonic_neurons.evaluate.resample.resample_effects`)."""
-        from hedonic_neurons.evaluate.resample import resample_effects, resample_selection, stability_rows
+        settings, ablation modes included; ``rows``: its rows by evaluation, given ``<field>_phi``
+        intervals here): every hedonic partition re-solved on each φ resample, its stability and
+        consensus groups (:func:`~hedonic_neurons.evaluate.resample.stability_rows`), the
+        coalitions the selection rule picks on each resample (``random`` size-matched to them
+        too), every configured evaluation and the extrinsic figures re-run on them with their
+        query-bootstrap replicates (module :mod:`~hedonic_neurons.evaluate.resample`). Returns the
+        layer's entry of ``phi_resampling`` (the extrinsic replicates under ``extrinsic``, for
+        the report's tables)."""
+        from hedonic_neurons.evaluate.base import EVALUATIONS
+        from hedonic_neurons.evaluate.extrinsic import extrinsic_rows
+        from hedonic_neurons.evaluate.resample import (
+            attach_phi_intervals,
+            resample_context,
+            resample_outputs,
+            resample_selection,
+            stability_rows,
+            strip_replicates,
+        )
+        from hedonic_neurons.evaluate.stats import bootstrap_weights, keep_replicates
 
-        cfg = self.cfg
-        seed, n = cfg.evaluate.seeds[0], cfg.evaluate.phi_resamples
+        cfg, ev = self.cfg, self.cfg.evaluate
+        seed, n = ev.seeds[0], ev.phi_resamples
         hedonic = [hedonic_method(m) for m in cfg.phi.metrics]
         phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         parts = [self.resampled_partitions(layer, r) for r in range(n)]
+        fixed = {"random": self.coalitions("random", seed, layer)} if "random" in cfg.baselines else {}
         chosen = resample_selection(
-            [{m: p[m].coalitions for m in hedonic} for p in parts],
+            [{**{m: p[m].coalitions for m in hedonic}, **fixed} for p in parts],
             [self.phi_resampled(phi_metric, r, layer) for r in range(n)],
             reference_method=self.reference_method,
             config=config,
@@ -401,27 +440,60 @@ class Pipeline:
         if "resample" in config.ablation_modes:  # the main evaluation's donors: same seed, same layer
             from hedonic_neurons.evaluate.layer import donor_fills
 
-            n = int(self.nm.n_neurons)
-            fills = donor_fills(donors, len(self.test), seed=cfg.seed, layer=layer, n_neurons=n)[1]
-        effects = {}
-        for mode in config.ablation_modes:
-            effects[mode] = resample_effects(
-                self.nm, layer, self.test, chosen, mode=mode, task=cfg.task, y_test=ctx.y, sd=ctx.sd,
-                reference=reference if mode == "reference" else None,
-                means=means if mode == "mean" else None, fills=fills if mode == "resample" else None,
-                batch_size=cfg.phi.batch_size,
+            fills = donor_fills(
+                donors, len(self.test), seed=cfg.seed, layer=layer, n_neurons=int(self.nm.n_neurons)
+            )[1]
+        # the extrinsic figures' query draws: the same for every layer and resample
+        weights = (
+            bootstrap_weights(len({p.qid for p in self.train}), ev.bootstrap, seed=5000),
+            bootstrap_weights(len({p.qid for p in self.test}), ev.bootstrap, seed=5001),
+        )
+        by_evaluation: dict[str, list[Any]] = {name: [] for name in rows}
+        extrinsic: dict[str, list[Any]] = {m: [] for m in hedonic}
+        for r in range(n):
+            sets = [c for cs in chosen[r].values() for c in cs]
+            outputs = {}
+            for mode in ctx.outputs:
+                outputs[mode] = resample_outputs(
+                    self.nm, layer, self.test, ctx.outputs[mode], sets, bins=ctx.bins, null_sets=config.null_sets,
+                    seed=seed, mode=mode, reference=reference if mode == "reference" else None,
+                    means=means if mode == "mean" else None, fills=fills if mode == "resample" else None,
+                    batch_size=cfg.phi.batch_size,
+                )  # fmt: skip
+            phis_r = {m: self.phi_resampled(m, r, layer) for m in cfg.phi.metrics}
+            ctx_r = resample_context(ctx, chosen[r], outputs, phis_r[phi_metric], self.reference_method)
+            with keep_replicates():
+                for name in rows:
+                    got = EVALUATIONS.get(name)().evaluate(ctx_r)
+                    by_evaluation[name].append(strip_replicates(got))
+            mine = {m: chosen[r][m] for m in hedonic}
+            extr = extrinsic_rows(
+                self.nm, layer, {seed: {m: parts[r][m].coalitions for m in hedonic}}, data,
+                reference_method=self.reference_method, phis=phis_r, phi_metric=phi_metric,
+                acts_train=acts_train, acts_test=acts_test, k=cfg.game.k, top_k=ev.top_k,
+                min_size=ev.min_size, certify_samples=ev.certify_samples, batch_size=cfg.phi.batch_size,
+                selected={(seed, m): cs for m, cs in mine.items()},
+                selected_skipped={(seed, m): ctx_r.skipped[(seed, m)] for m in mine},
+                outputs=outputs[next(iter(outputs))], query_weights=weights,
             )  # fmt: skip
-        rows, consensus = stability_rows(
+            for row in extr:
+                extrinsic[row["method"]].append(_extrinsic_replicates(row))
+        for name, got in rows.items():
+            attach_phi_intervals(
+                [row for row in got if row.get("layer") == layer], by_evaluation[name], hedonic,
+                seed=4000 + layer,
+            )  # fmt: skip
+        stab, consensus = stability_rows(
             {m: [p[m].labels for p in parts] for m in hedonic},
             {m: self.partition(m, seed, layer).labels for m in hedonic},
             layer,
         )
         return {
             "layer": layer,
-            "stability": rows,
+            "stability": stab,
             "consensus": consensus,
             "chosen": chosen,
-            "effects": {mode: {m: e.tolist() for m, e in by.items()} for mode, by in effects.items()},
+            "extrinsic": extrinsic,
         }
 
     def stage_activations(self) -> None:
@@ -673,7 +745,9 @@ class Pipeline:
                 batch_size=cfg.phi.batch_size,
                 progress=bar,
                 phi_source=(
-                    f"{cfg.phi.readout}-readout PAS ({cfg.phi.pas_mode})" if phi_metric == "pas" else phi_metric.upper()
+                    f"{cfg.phi.readout}-readout PAS ({cfg.phi.pas_mode})"
+                    if phi_metric == "pas"
+                    else phi_metric.upper()
                 ),
             )
             for name, got in results.items():
@@ -703,20 +777,14 @@ class Pipeline:
                 )
             )
             if ev.phi_resamples:  # φ-data resampling: re-solve, re-select, re-measure (evaluate/resample.py)
-                from hedonic_neurons.evaluate.resample import attach_phi_intervals
-
                 _log(f"φ resampling of layer {layer}: {ev.phi_resamples} re-solved partitions per method")
-                got = self.resample_layer(
-                    layer, ctx, ev_cfg, a_train.mean(0) if "mean" in modes else None,
-                    a_train if "resample" in modes else None,
+                resampled.append(
+                    self.resample_layer(
+                        layer, ctx, ev_cfg, a_train.mean(0) if "mean" in modes else None,
+                        a_train if "resample" in modes else None, data=data, acts_train=at_train,
+                        acts_test=at_test, rows=new_rows,
+                    )
                 )  # fmt: skip
-                got["effects_rms_phi"] = {}
-                for mode, by in got["effects"].items():
-                    got["effects_rms_phi"][mode] = attach_phi_intervals(
-                        new_rows.get("effects", []), layer, mode, {m: np.asarray(e) for m, e in by.items()},
-                        n_boot=ev.bootstrap, seed=4000 + layer,
-                    )  # fmt: skip
-                resampled.append(got)
             out0 = next(iter(ctx.outputs.values()))
             design.append(
                 {
@@ -793,6 +861,11 @@ class Pipeline:
         ridge, alignment = position_tables(
             rows, self.methods, cfg.evaluate.seeds, self.evaluation.get("ridge_ceiling", [])
         )
+        resampling = self.evaluation.get("phi_resampling")  # φ-data resampling (evaluate.phi_resamples)
+        if resampling:
+            from hedonic_neurons.evaluate.resample import table_phi_intervals
+
+            table_phi_intervals(extrinsic, ridge, alignment, resampling["layers"], seed=cfg.seed)
         sizes = {}
         for m in self.methods:
             sizes[m] = {}
@@ -814,8 +887,8 @@ class Pipeline:
                 "Hedonic partitions come from exact Top Covering, which is deterministic: their intervals "
                 "are zero except where a figure itself samples (the certificate)."
                 + (  # φ-data resampling (evaluate.phi_resamples)
-                    " The ablation effects' rms_phi column adds the variance of re-solving on "
-                    f"{cfg.evaluate.phi_resamples} disjoint subsets of the φ data."
+                    " Every hedonic row's <figure>_phi interval adds the variance of re-solving on "
+                    f"{cfg.evaluate.phi_resamples} disjoint subsets of the φ data to that of the queries."
                     if cfg.evaluate.phi_resamples
                     else ""
                 )
@@ -841,7 +914,6 @@ class Pipeline:
             summary.extend(evaluation.summary(got))
         design = self.evaluation.get("design", [])
         summary.extend(design_sentences(design, cfg.evaluate, self.reference_method))
-        resampling = self.evaluation.get("phi_resampling")  # φ-data resampling (evaluate.phi_resamples)
         if resampling:
             from hedonic_neurons.evaluate.resample import STABILITY_TABLE, stability_sentences
 

@@ -78,7 +78,13 @@ class ExtrinsicData:
 
     @classmethod
     def build(
-        cls, task: str, train: Sequence[Pair], test: Sequence[Pair], y_train: Any, y_test: Any, test_qrels: Any
+        cls,
+        task: str,
+        train: Sequence[Pair],
+        test: Sequence[Pair],
+        y_train: Any,
+        y_test: Any,
+        test_qrels: Any,
     ) -> ExtrinsicData:
         from hedonic_neurons.data import PASSAGE_FEATURES, heuristic_features
 
@@ -148,6 +154,7 @@ def extrinsic_rows(
     selected: Mapping[tuple[int, str], Sequence[Sequence[int]]] | None = None,
     selected_skipped: Mapping[tuple[int, str], int] | None = None,
     outputs: Any = None,
+    query_weights: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """The extrinsic rows of one layer; ``partitions[seed][method]`` are the full partitions.
 
@@ -163,6 +170,14 @@ def extrinsic_rows(
     (:func:`record_positions`; the same positions in both, ``"mean"`` among them): alignment,
     ridge and its random-set null run at each position (:func:`~.regression.by_position`).
     One batched ablation pass over the test pairs serves every distinct coalition of the layer.
+
+    ``query_weights``: (train (B, Q_train), test (B, Q_test)) query-bootstrap counts
+    (:func:`~.stats.bootstrap_weights`, queries in sorted id order). With them each row with
+    coalitions also holds ``replicates``: ``{"ood_drop": (B,), "by_position": {position:
+    {"ridge_r2": (B,), "alignment_r2": (B,)}}}``, the figures re-scored on each bootstrap sample
+    of queries (the fitted models and ablated outputs kept; test queries for the OOD drop,
+    training queries for the cross-validated R²s), for
+    :func:`~.stats.mixture_interval`.
     """
     from hedonic_neurons.evaluate.ood import ablated_outputs, ood_drops
     from hedonic_neurons.evaluate.regression import (
@@ -172,6 +187,7 @@ def extrinsic_rows(
         random_set_null,
         ridge_evaluation,
     )
+    from hedonic_neurons.evaluate.stats import weighted_r2
     from hedonic_neurons.explore import mean_pairwise_phi
     from hedonic_neurons.game import certificates
 
@@ -195,7 +211,12 @@ def extrinsic_rows(
     missing = [c for c in unique if c not in known]
     if outputs is None or missing:
         base, again = ablated_outputs(
-            nm, data.test, layer, [list(c) for c in missing or unique], batch_size=batch_size, progress=progress
+            nm,
+            data.test,
+            layer,
+            [list(c) for c in missing or unique],
+            batch_size=batch_size,
+            progress=progress,
         )
     if outputs is not None:
         base = outputs.base
@@ -205,6 +226,13 @@ def extrinsic_rows(
         ablated = again
     drops = ood_drops(data.task, data.test, data.y_test, base, ablated, data.test_qrels)
     drop_of = dict(zip(unique, drops))
+    if query_weights is not None:
+        from hedonic_neurons.evaluate.ood import ood_drop_replicates
+
+        w_train, w_test = (np.asarray(w, dtype=np.float64) for w in query_weights)
+        pair_w_train = w_train[:, np.unique(data.groups_train, return_inverse=True)[1].ravel()]
+        reps = ood_drop_replicates(data.task, data.test, data.y_test, base, ablated, w_test, data.test_qrels)
+        drop_reps = dict(zip(unique, reps))
     at_train, at_test = _at_positions(acts_train, "acts_train"), _at_positions(acts_test, "acts_test")
     if set(at_test) != set(at_train):
         from hedonic_neurons.errors import DataError
@@ -239,14 +267,29 @@ def extrinsic_rows(
                 mat = coalition_matrix(chosen, n)
                 c_train = {pos: a @ mat for pos, a in at_train.items()}
                 c_test = {pos: a @ mat for pos, a in at_test.items()}
+                boot = query_weights is not None
                 al = by_position(
                     alignment_evaluation, c_train, c_test, heur_train=data.heur_train, groups_train=g_train,
                     heur_test=data.heur_test, groups_test=g_test, feature_names=data.features, seed=seed,
+                    predictions=boot,
                 )  # fmt: skip
                 rd = by_position(
                     ridge_evaluation, c_train, c_test, y_train=data.y_train, groups_train=g_train,
-                    y_test=data.y_test, groups_test=g_test, seed=seed, **ridge_kw,
+                    y_test=data.y_test, groups_test=g_test, seed=seed, predictions=boot, **ridge_kw,
                 )  # fmt: skip
+                if boot:
+                    row["replicates"] = {
+                        "ood_drop": np.mean([drop_reps[tuple(sorted(c))] for c in chosen], axis=0),
+                        "by_position": {
+                            pos: {
+                                "ridge_r2": weighted_r2(
+                                    rd[pos]["cv_targets"], rd[pos]["cv_predictions"], pair_w_train
+                                ),
+                                "alignment_r2": _column_r2_mean(al[pos], pair_w_train),
+                            }
+                            for pos in at_train
+                        },
+                    }
                 per_position: dict[str, dict[str, Any]] = {}
                 for pos, acts in at_train.items():
                     got = {
@@ -272,6 +315,18 @@ def extrinsic_rows(
                 row["synergy"] = float(np.mean([mean_pairwise_phi(phi, c) or 0.0 for c in chosen]))
             rows.append(row)
     return rows
+
+
+def _column_r2_mean(result: Mapping[str, Any], pair_weights: np.ndarray) -> np.ndarray:
+    """(B,) the mean over coalitions (columns; constant ones left out) of the weighted R² of an
+    alignment result's out-of-fold predictions: its ``r2_cv`` under each row of ``pair_weights``."""
+    from hedonic_neurons.evaluate.stats import weighted_r2
+
+    target, pred = np.asarray(result["cv_targets"]), np.asarray(result["cv_predictions"])
+    cols = np.stack([weighted_r2(target[:, k], pred[:, k], pair_weights) for k in range(target.shape[1])])
+    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
+        sup.filter(RuntimeWarning)
+        return np.nanmean(cols, axis=0)
 
 
 def _at_positions(acts: Any, name: str) -> dict[str, np.ndarray]:

@@ -69,3 +69,44 @@ def ood_drops(
     """Metric(unablated) − metric(ablated) for each row of ``ablated`` (K,)."""
     ref = task_metric(task, pairs, base, targets, qrels)
     return np.array([ref - task_metric(task, pairs, row, targets, qrels) for row in ablated])
+
+
+def ood_drop_replicates(
+    task: str,
+    pairs: Sequence[Pair],
+    targets: np.ndarray,
+    base: np.ndarray,
+    ablated: np.ndarray,
+    query_weights: np.ndarray,
+    qrels=None,
+) -> np.ndarray:
+    """:func:`ood_drops` on query-bootstrap resamples of ``pairs``: (K, B).
+
+    ``query_weights`` (B, Q): how often each query (in sorted query-id order) is drawn in
+    bootstrap sample b (:func:`~hedonic_neurons.evaluate.stats.bootstrap_weights`). For RM the
+    drop is the weighted mean of the per-query nDCG@10 drops (queries without judgements left
+    out); for the regression tasks R²(unablated) − R²(ablated), each pair weighted by its query's
+    count (:func:`~hedonic_neurons.evaluate.stats.weighted_r2`)."""
+    from hedonic_neurons.data.metrics import ndcg_at_10_per_query
+    from hedonic_neurons.evaluate.stats import weighted_means, weighted_r2
+
+    names, codes = np.unique([p.qid for p in pairs], return_inverse=True)
+    w = np.asarray(query_weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != names.size:
+        raise ValueError(f"query_weights must be (B, {names.size}), got {w.shape}")
+    if task == "rm":
+        ref = ndcg_at_10_per_query(scores_by_query(pairs, base.tolist()), qrels)
+        per_q = np.full((len(ablated), names.size), np.nan)
+        for k, row in enumerate(ablated):
+            got = ndcg_at_10_per_query(scores_by_query(pairs, row.tolist()), qrels)
+            for j, q in enumerate(names):
+                if q in got:
+                    per_q[k, j] = ref[q] - got[q]
+        return weighted_means(per_q, w).T
+    pair_w = w[:, codes.ravel()]
+    ref = weighted_r2(targets, base, pair_w)
+    return (
+        np.stack([ref - weighted_r2(targets, row, pair_w) for row in ablated])
+        if len(ablated)
+        else np.zeros((0, w.shape[0]))
+    )

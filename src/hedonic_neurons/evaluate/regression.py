@@ -452,6 +452,7 @@ def ridge_evaluation(
     train_qrels: dict[str, dict[str, int]] | None = None,
     test_pairs: Sequence[Pair] | None = None,
     test_qrels: dict[str, dict[str, int]] | None = None,
+    predictions: bool = False,
 ) -> dict[str, Any]:
     """Ridge regression of the task target on macro-features (coalition activations), scored fairly.
 
@@ -468,6 +469,9 @@ def ridge_evaluation(
 
     Returns ``r2_cv`` (the primary number: R² of the out-of-fold predictions over all
     training pairs, the folds grouped by query and α chosen inside each training fold),
+    with ``predictions=True`` also ``cv_predictions`` and ``cv_targets`` (the out-of-fold
+    predictions and the targets they are scored against, per training pair: for a query
+    bootstrap of ``r2_cv``),
     ``alpha`` (chosen on all training pairs), ``alpha_nested``, ``n_splits``,
     ``n_train_queries``, ``n_features``, ``per_query``; with a test set also ``r2_ood`` (fit on
     all training pairs, R² on all test pairs), ``r2_ood_constant`` (the training mean as the
@@ -495,6 +499,8 @@ def ridge_evaluation(
         "n_features": int(x.shape[1]) if n_pcs is None else min(int(n_pcs), *x.shape),
         "per_query": bool(per_query),
     }
+    if predictions:
+        out["cv_predictions"], out["cv_targets"] = oof, y
     if train_pairs is not None and train_qrels is not None:
         out["ndcg10_cv"] = ranking_ndcg(train_pairs, oof, train_qrels)
     if coal_test is not None:
@@ -534,6 +540,7 @@ def alignment_evaluation(
     n_splits: int = 5,
     calib_fraction: float = 0.5,
     seed: int = 0,
+    predictions: bool = False,
 ) -> dict[str, Any]:
     """How well the IR heuristics explain each coalition's activation, in and out of domain.
 
@@ -546,7 +553,9 @@ def alignment_evaluation(
     only the variation between the passages of a query is explained.
 
     Returns ``r2_cv`` (mean over coalitions of the R² of out-of-fold predictions under
-    query-grouped cross-validation: the primary number) and ``r2_cv_per_coalition``; with a
+    query-grouped cross-validation: the primary number), ``r2_cv_per_coalition``,
+    with ``predictions=True`` ``cv_predictions`` and ``cv_targets`` ((pairs, K) out-of-fold
+    predictions and activations); with a
     test set, fitted on all training pairs: ``r2_ood`` (R² on all test pairs),
     ``r2_ood_eval`` and ``r2_ood_refit`` (:func:`refit_r2`, per coalition, on the same
     evaluation queries), each a mean over coalitions with a ``*_per_coalition`` list; and
@@ -586,6 +595,8 @@ def alignment_evaluation(
         "n_coalitions": int(c.shape[1]),
         "within_query": bool(within_query),
     }
+    if predictions:
+        out["cv_predictions"], out["cv_targets"] = oof, c
     if coal_test is not None:
         ht = _matrix(heur_test, "heur_test")
         if ht.shape[1] != len(names):

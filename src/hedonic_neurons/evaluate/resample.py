@@ -14,11 +14,22 @@ figure computed from it) would change on other φ data. ``hedonic run`` with
    groups of neurons co-assigned in at least 80% of the resamples);
 4. for each resample selects coalitions with the evaluation's own rule
    (:func:`resample_selection`: the reference method's picks by the selection rule on that
-   resample's φ fix the target sizes, every other hedonic method is size-matched to them),
-   measures their per-query normalised RMS Δlogit on the same test queries in one batched
-   ablation pass per layer and mode (:func:`resample_effects`), and gives each hedonic method
-   the mean over (resample, query) with a two-level bootstrap interval
-   (:func:`~hedonic_neurons.evaluate.stability.two_level_interval`, :func:`phi_intervals`).
+   resample's φ fix the target sizes, every other hedonic method and the ``random`` baseline
+   are size-matched to them), ablates them in one batched pass per layer and mode beside the
+   main evaluation's outputs (:func:`resample_outputs`: same pairs, same null, plus random sets
+   for any size bin the main null lacks), and runs every configured evaluation and the
+   extrinsic figures on them (:func:`resample_context`), keeping the query-bootstrap
+   replicates (:func:`~hedonic_neurons.evaluate.stats.keep_replicates`; the same query draws
+   as the main evaluation's);
+5. gives each hedonic row, for each of its interval fields, a ``<field>_phi`` interval
+   (:func:`attach_phi_intervals`, :func:`~hedonic_neurons.evaluate.stats.mixture_interval`):
+   replicate b takes a random resample's replicate b, so the interval holds the spread between
+   partitions fitted on different φ data and the variance of the queries. Each resample's φ
+   comes from 1/R of the data, so its partitions vary more than the full-data one would: the
+   interval errs wide. The report's extrinsic, ridge and alignment tables get the same for
+   their hedonic rows (:func:`table_phi_intervals`): the OOD drop and the cross-validated R²s
+   re-scored on query-bootstrap samples (test queries for the drop, training queries for the
+   R²s) for each resample's coalitions.
 """
 
 from __future__ import annotations
@@ -31,17 +42,21 @@ import numpy as np
 from hedonic_neurons.errors import ConfigError
 
 if TYPE_CHECKING:
+    from hedonic_neurons.evaluate.base import LayerContext
+    from hedonic_neurons.evaluate.passes import LayerOutputs
     from hedonic_neurons.models.neuron_model import NeuronModel
 
 __all__ = [
     "CONSENSUS_THRESHOLD",
     "STABILITY_TABLE",
     "attach_phi_intervals",
-    "phi_intervals",
-    "resample_effects",
+    "resample_context",
+    "resample_outputs",
     "resample_selection",
     "stability_rows",
     "stability_sentences",
+    "strip_replicates",
+    "table_phi_intervals",
 ]
 
 CONSENSUS_THRESHOLD = 0.8
@@ -81,91 +96,198 @@ def resample_selection(
     return out
 
 
-def resample_effects(
+def resample_outputs(
     nm: NeuronModel,
     layer: int,
     test: Sequence[Any],
-    chosen: Sequence[Mapping[str, Sequence[Sequence[int]]]],
+    main: LayerOutputs,
+    coalitions: Sequence[Sequence[int]],
     *,
+    bins: tuple[int, int],
+    null_sets: int,
+    seed: int,
     mode: str,
-    task: str,
-    y_test: np.ndarray,
-    sd: float,
     reference: Any = None,
     means: Any = None,
     fills: Any = None,
     batch_size: int = 16,
-) -> dict[str, np.ndarray]:
-    """Per-query normalised RMS Δlogit of each method's coalitions on each resample: ``{method:
-    (R, Q)}``, row r the mean over the coalitions chosen for resample r (NaN where none was).
+) -> LayerOutputs:
+    """The main evaluation's outputs (``main``, one ablation mode) extended to ``coalitions``.
 
-    Every coalition of every resample is ablated in one batched pass over ``test``
-    (:func:`hedonic_neurons.evaluate.passes.layer_outputs`, ablation ``mode``); the measure is
-    :func:`hedonic_neurons.evaluate.measures.effect_measures`' ``"rms"`` in units of ``sd`` (the
-    evaluation's standard deviation of the unablated outputs), per query id in sorted order
-    (the evaluation's query order). ``fills``: for ``mode="resample"``, (len(test), n) each test
-    pair's fill, its donor's token-mean activations
-    (:func:`~hedonic_neurons.evaluate.layer.donor_fills`; the evaluation's own donors).
+    Coalitions ``main`` already holds keep their rows; the others are ablated on the test pairs
+    in one batched pass (:func:`~hedonic_neurons.evaluate.passes.layer_outputs`), together with
+    the single neurons of theirs the additivity check lacks (on ``main``'s ``syn`` pairs; only
+    when ``main`` has single neurons) and ``null_sets`` random sets for each size bin
+    (``bins``: lower end, bins per octave) the main null does not cover (on ``main``'s
+    subsample; seeded by ``seed`` and ``layer``). Unablated and whole-layer outputs, the
+    subsamples and the main null are ``main``'s, so every figure computed from the result is
+    paired with the main evaluation's on the same pairs.
     """
-    from hedonic_neurons.evaluate.measures import effect_measures, query_index
-    from hedonic_neurons.evaluate.passes import layer_outputs
+    from hedonic_neurons.evaluate.null import random_sets, size_bin
+    from hedonic_neurons.evaluate.passes import LayerOutputs, layer_outputs
 
-    sets = sorted({tuple(sorted(int(i) for i in c)) for by in chosen for cs in by.values() for c in cs})
-    groups, names = query_index([p.qid for p in test])
-    methods = list(dict.fromkeys(m for by in chosen for m in by))
-    if not sets:
-        return {m: np.full((len(chosen), len(names)), np.nan) for m in methods}
-    out = layer_outputs(
-        nm, test, layer, sets, sub=np.zeros(0, dtype=np.int64), null_sets=[],
-        null_bins=np.zeros(0, dtype=np.int64), mode=mode, reference=reference, means=means,
-        fills=fills, batch_size=batch_size,
-    )  # fmt: skip
-    rms = effect_measures(task, out.base, out.ablated, np.asarray(y_test), groups, len(names), sd)["rms"]
-    result = {}
-    for method in methods:
-        rows = []
-        for by in chosen:
-            idx = [out.row_of(c) for c in by.get(method, [])]
-            rows.append(rms[idx].mean(0) if idx else np.full(len(names), np.nan))
-        result[method] = np.stack(rows)
-    return result
+    uniq = sorted({tuple(sorted(int(i) for i in c)) for c in coalitions})
+    known = set(main.coalitions)
+    new = [c for c in uniq if c not in known]
+    have_singles = set(main.singles)
+    singles = sorted({i for c in uniq for i in c} - have_singles) if main.singles else []
+    covered = set(main.null_bins.tolist())
+    by_bin: dict[int, list[int]] = {}
+    for c in uniq:
+        k = size_bin(len(c), *bins)
+        if k not in covered:
+            by_bin.setdefault(k, []).append(len(c))
+    extra_sets, extra_bins = random_sets(
+        by_bin, int(nm.n_neurons), null_sets, seed=seed * 7919 + layer + 104729
+    )
+    if main.singles:  # the extra null sets' neurons, for their non-additivity
+        singles = sorted(set(singles) | ({i for st in extra_sets for i in st} - have_singles))
+    if not (new or singles or extra_sets):
+        got = None
+    else:
+        got = layer_outputs(
+            nm, test, layer, new, sub=main.sub, null_sets=extra_sets, null_bins=extra_bins, singles=singles,
+            syn=main.syn, mode=mode, reference=reference, means=means, fills=fills, batch_size=batch_size,
+        )  # fmt: skip
+    ablated = np.stack(
+        [main.ablated[main.row_of(c)] if c in known else got.ablated[got.row_of(c)] for c in uniq]
+    ) if uniq else np.zeros((0, main.base.size))  # fmt: skip
+    all_singles = main.singles + singles
+    order = np.argsort(all_singles, kind="stable")
+    single = np.concatenate([main.single, got.single]) if singles else main.single
+    return LayerOutputs(
+        mode=mode,
+        coalitions=uniq,
+        base=main.base,
+        ablated=ablated,
+        ceiling=main.ceiling,
+        sub=main.sub,
+        syn=main.syn,
+        null_sets=main.null_sets + (got.null_sets if got is not None else []),
+        null_bins=np.concatenate([main.null_bins, extra_bins]).astype(np.int64),
+        null=np.concatenate([main.null, got.null]) if got is not None and extra_sets else main.null,
+        singles=[int(all_singles[i]) for i in order],
+        single=single[order] if len(all_singles) else single,
+        seconds=dict(got.seconds) if got is not None else {"null": 0.0, "rest": 0.0},
+        rows=dict(got.rows) if got is not None else {"null": 0, "rest": 0},
+    )
 
 
-def phi_intervals(effects: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The two-level interval of one method's (R, Q) resampled effects, over the resamples that
-    had coalitions to evaluate (rows without NaN): ``two_level_interval``'s dict, or ``{"mean":
-    NaN, "low": NaN, "high": NaN, "n_resamples": 0, ...}`` when no resample had one."""
-    from hedonic_neurons.evaluate.stability import two_level_interval
+def resample_context(
+    ctx: LayerContext,
+    chosen: Mapping[str, Sequence[Sequence[int]]],
+    outputs: Mapping[str, LayerOutputs],
+    phi: np.ndarray | None,
+    reference_method: str,
+) -> LayerContext:
+    """The main evaluation's context (``ctx``) with one φ resample's coalitions: ``chosen``
+    ``{method: coalitions}`` (the selection rule's picks on that resample, the reference
+    method's sizes as targets), ``outputs`` from :func:`resample_outputs` per mode, ``phi`` the
+    resample's φ. Test pairs, targets, query index and subsample stay the main evaluation's."""
+    import dataclasses
 
-    table = np.asarray(effects, dtype=np.float64)
-    keep = table[np.isfinite(table).all(axis=1)]
-    if keep.shape[0] == 0 or table.shape[1] < 2:
-        nan = float("nan")
-        return {"mean": nan, "low": nan, "high": nan, "n_resamples": 0, "n_queries": int(table.shape[1])}
-    return two_level_interval(keep, n_boot=n_boot, seed=seed)
+    seed = ctx.seeds[0]
+    targets = [len(c) for c in chosen.get(reference_method, [])]
+    return dataclasses.replace(
+        ctx,
+        methods=list(chosen),
+        seeds=[seed],
+        chosen={(seed, m): [list(c) for c in cs] for m, cs in chosen.items()},
+        skipped={(seed, m): max(0, len(targets) - len(cs)) for m, cs in chosen.items()},
+        targets={seed: targets},
+        phi=phi,
+        outputs=dict(outputs),
+        notes=[],
+        timing={},
+    )
+
+
+def strip_replicates(
+    rows: list[dict[str, Any]],
+) -> dict[tuple[Any, ...], dict[str, tuple[np.ndarray, float]]]:
+    """Take the bootstrap replicates out of evaluation rows computed inside
+    :func:`~hedonic_neurons.evaluate.stats.keep_replicates`: ``{(layer, method, mode): {field:
+    (replicates, point)}}``; the rows are left as they would be without it."""
+    found: dict[tuple[Any, ...], dict[str, tuple[np.ndarray, float]]] = {}
+    for row in rows:
+        key = (row.get("layer"), row.get("method"), row.get("mode"))
+        for field, value in row.items():
+            if isinstance(value, dict) and "replicates" in value:
+                found.setdefault(key, {})[field] = (np.asarray(value.pop("replicates")), float(value["mean"]))
+    return found
 
 
 def attach_phi_intervals(
     rows: list[dict[str, Any]],
-    layer: int,
-    mode: str,
-    effects: Mapping[str, np.ndarray],
+    resampled: Sequence[Mapping[tuple[Any, ...], Mapping[str, tuple[np.ndarray, float]]]],
+    methods: Sequence[str],
     *,
-    n_boot: int = 1000,
     seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """Add ``rms_phi`` (mean over (resample, query) with its two-level interval) and
-    ``rms_phi_resamples`` (resamples that had coalitions) to the ``effects`` rows of ``layer``
-    and ``mode`` whose method is in ``effects``; returns ``{method: interval dict}``."""
-    found = {}
-    for method, table in effects.items():
-        interval = phi_intervals(table, n_boot=n_boot, seed=seed)
-        found[method] = interval
+) -> None:
+    """Give every row of ``methods`` (the hedonic ones) a ``<field>_phi`` interval for each
+    interval field the φ resamples measured (``resampled[r]``: :func:`strip_replicates` of
+    resample r's rows): :func:`~hedonic_neurons.evaluate.stats.mixture_interval` of the
+    resamples' query-bootstrap replicates, so it holds query and φ-data variance. Resamples
+    without the field (no coalition in the size band on that φ) are left out; the interval says
+    how many were kept (``n_resamples``)."""
+    from hedonic_neurons.evaluate.stats import mixture_interval
+
+    for row in rows:
+        if row.get("method") not in methods:
+            continue
+        key = (row.get("layer"), row.get("method"), row.get("mode"))
+        fields = dict.fromkeys(f for by in resampled for f in by.get(key, {}))
+        for field in fields:
+            got = [by[key][field] for by in resampled if field in by.get(key, {})]
+            row[f"{field}_phi"] = mixture_interval([g[0] for g in got], [g[1] for g in got], seed=seed)
+
+
+def table_phi_intervals(
+    extrinsic: list[dict[str, Any]],
+    ridge: list[dict[str, Any]],
+    alignment: list[dict[str, Any]],
+    layers: Sequence[Mapping[str, Any]],
+    *,
+    seed: int = 0,
+) -> None:
+    """``_phi`` intervals for the hedonic rows of the report's extrinsic, ridge and alignment
+    tables (each figure there the mean over layers): ``ood_drop_phi`` and ``alignment_r2_phi``
+    (all-token mean) on the extrinsic table, ``ridge_r2_phi`` / ``alignment_r2_phi`` at each
+    row's read position. ``layers``: the ``phi_resampling`` entries, each with ``extrinsic``
+    ``{method: [per resample {"<field>" or "<position>/<field>": {"point", "replicates"}}]}``.
+    Per resample the replicates (the same query draws in every layer) and the point are
+    averaged over the layers that have the figure, then combined by
+    :func:`~hedonic_neurons.evaluate.stats.mixture_interval`."""
+    from hedonic_neurons.evaluate.stats import mixture_interval
+
+    def interval(method: str, key: str) -> dict[str, Any] | None:
+        per: dict[int, list[Mapping[str, Any]]] = {}
+        for entry in layers:
+            for r, got in enumerate(entry.get("extrinsic", {}).get(method, [])):
+                if key in got:
+                    per.setdefault(r, []).append(got[key])
+        if not per:
+            return None
+        reps = [
+            np.mean([np.asarray(g["replicates"], dtype=np.float64) for g in per[r]], axis=0)
+            for r in sorted(per)
+        ]
+        points = [
+            float(np.mean([np.nan if g["point"] is None else g["point"] for g in per[r]]))
+            for r in sorted(per)
+        ]
+        return mixture_interval(reps, points, seed=seed)
+
+    methods = {m for entry in layers for m in entry.get("extrinsic", {})}
+    for rows, field, at in (
+        (extrinsic, "ood_drop", lambda row: "ood_drop"),
+        (extrinsic, "alignment_r2", lambda row: "mean/alignment_r2"),
+        (ridge, "ridge_r2", lambda row: f"{row.get('position', 'mean')}/ridge_r2"),
+        (alignment, "alignment_r2", lambda row: f"{row.get('position', 'mean')}/alignment_r2"),
+    ):
         for row in rows:
-            if row.get("layer") == layer and row.get("mode") == mode and row.get("method") == method:
-                row["rms_phi"] = {k: interval[k] for k in ("mean", "low", "high")}
-                row["rms_phi_resamples"] = int(interval["n_resamples"])
-    return found
+            if row.get("method") in methods and (got := interval(row["method"], at(row))) is not None:
+                row[f"{field}_phi"] = got
 
 
 def stability_rows(

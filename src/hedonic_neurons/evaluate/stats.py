@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextvars
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -149,15 +152,87 @@ def query_bootstrap(
     return {"mean": mean, "low": float(low), "high": float(high), "n": int(n_q)}
 
 
-def interval_of(boots: np.ndarray, point: float, confidence: float = 0.95) -> dict[str, float]:
-    """``{"mean": point, "low", "high"}`` from bootstrap replicates (percentile interval)."""
-    b = np.asarray(boots, dtype=np.float64)
-    b = b[np.isfinite(b)]
-    if b.size == 0:
-        return {"mean": float(point), "low": float("nan"), "high": float("nan")}
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(b, [tail, 100 - tail])
-    return {"mean": float(point), "low": float(low), "high": float(high)}
+_KEEP_REPLICATES = contextvars.ContextVar("keep_replicates", default=False)
+
+
+@contextmanager
+def keep_replicates() -> Iterator[None]:
+    """Inside this block :func:`interval_of` also returns its bootstrap replicates (key
+    ``"replicates"``, a (B,) array in draw order, NaN kept), so that figures computed on the same
+    query draws can be combined afterwards (:func:`mixture_interval`)."""
+    token = _KEEP_REPLICATES.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_REPLICATES.reset(token)
+
+
+def interval_of(boots: np.ndarray, point: float, confidence: float = 0.95) -> dict[str, Any]:
+    """``{"mean": point, "low", "high"}`` from bootstrap replicates (percentile interval); inside
+    :func:`keep_replicates` also ``"replicates"``."""
+    raw = np.asarray(boots, dtype=np.float64)
+    b = raw[np.isfinite(raw)]
+    out: dict[str, Any] = {"mean": float(point), "low": float("nan"), "high": float("nan")}
+    if b.size:
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(b, [tail, 100 - tail])
+        out.update(low=float(low), high=float(high))
+    if _KEEP_REPLICATES.get():
+        out["replicates"] = raw
+    return out
+
+
+def mixture_interval(
+    replicates: Sequence[np.ndarray], points: Sequence[float], *, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """An interval over both the φ data and the queries for one figure of a hedonic partition.
+
+    ``replicates[r]``: (B,) query-bootstrap replicates of the figure for the partition fitted on
+    φ resample r, every resample on the same B query draws (the same bootstrap weights);
+    ``points[r]``: the figure itself on resample r. Replicate b of the mixture is replicate b of
+    resample r_b, with r_b drawn uniformly from the R resamples
+    (``numpy.random.default_rng(seed).integers(0, R, B)``): a draw of "a partition fitted on other
+    φ data, scored on other queries", so the percentile interval holds the between-resample
+    spread of the figure and its query variance. Returns ``{"mean"}`` (the mean of the finite
+    ``points``), ``"low"``, ``"high"``, ``"n_resamples"``; NaN bounds when no replicate is finite.
+    """
+    reps = [np.asarray(r, dtype=np.float64).ravel() for r in replicates]
+    if len(reps) != len(points):
+        raise HedonicError(f"{len(reps)} replicate sets for {len(points)} points; expected one each")
+    if not reps:
+        nan = float("nan")
+        return {"mean": nan, "low": nan, "high": nan, "n_resamples": 0}
+    n_boot = {r.size for r in reps}
+    if len(n_boot) != 1:
+        raise HedonicError(f"the resamples' replicates have lengths {sorted(n_boot)}; expected one length")
+    table = np.stack(reps)  # (R, B)
+    pick = np.random.default_rng(seed).integers(0, table.shape[0], size=table.shape[1])
+    mixed = table[pick, np.arange(table.shape[1])]
+    pts = np.asarray(points, dtype=np.float64)
+    out = interval_of(
+        mixed, float(np.mean(pts[np.isfinite(pts)])) if np.isfinite(pts).any() else np.nan, confidence
+    )
+    out.pop("replicates", None)
+    out["n_resamples"] = int(table.shape[0])
+    return out
+
+
+def weighted_r2(y: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """R² of ``pred`` against ``y`` (P,) under each row of ``weights`` (B, P) (pair weights, e.g.
+    each pair's query's bootstrap count): 1 − Σw(y − p)² / Σw(y − ȳ_w)². (B,); with unit
+    weights sklearn's ``r2_score``. NaN throughout for a target with no variance (range at most
+    1e-6 of its largest magnitude, the rule of the unweighted R²) and where a row's drawn
+    targets are constant."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(pred, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if y.size == 0 or np.ptp(y) <= 1e-6 * np.abs(y).max():
+        return np.full(w.shape[0], np.nan)
+    centre = (w @ y) / w.sum(1)
+    ss_res = w @ (y - p) ** 2
+    ss_tot = np.einsum("bp,bp->b", w, (y[None, :] - centre[:, None]) ** 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
 
 
 def minimal_detectable_difference(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
