@@ -232,10 +232,17 @@ class Null(Evaluation):
             if r["mode"] != first_mode or "percentile_rms" not in r:
                 continue
             p = {k: _f(v) for k, v in r["percentile_rms"].items()}
+            phi = r.get("percentile_rms_phi")  # φ-data resampling: query and φ-data variance
+            over_phi = (
+                f"; re-solved on {phi['n_resamples']} φ resamples: {_f(phi['mean']):.0f}, "
+                f"{_ci(_f(phi['low']), _f(phi['high']), '.0f')} over resamples and queries"
+                if phi
+                else ""
+            )
             out.append(
                 f"Layer {r['layer']}, {r['method']}: its evaluated coalitions (n = {r['coalitions']}) sit "
                 f"on average at the {_ordinal(p['mean'])} percentile "
-                f"({_ci(p['low'], p['high'], '.0f')}) of random "
+                f"({_ci(p['low'], p['high'], '.0f')}{over_phi}) of random "
                 f"size-matched sets by normalised RMS Δlogit ({r['mode']} ablation; {r['null_sets']} random "
                 f"sets in {_n(r['null_bins'], 'size bin')}, on {_n(r['null_pairs'], 'test pair')} of "
                 f"{_n(r['null_queries'], 'query', 'queries')})."

@@ -355,8 +355,8 @@ def stability_sentences(
         )
         out.append(
             f"{method} under φ resampling ({mine[0]['resamples']} disjoint subsets of the φ training pairs, "
-            f"each re-solved; consensus: co-assigned in ≥ {threshold:.0%} of them): {parts}. The ablation "
-            "effects table's rms_phi column is each hedonic method's mean normalised RMS Δlogit over "
-            "(resample, query) with a two-level bootstrap interval over both."
+            f"each re-solved; consensus: co-assigned in ≥ {threshold:.0%} of them): {parts}. Every hedonic row's "
+            "<figure>_phi columns repeat its figures for the coalitions of these re-solved partitions, with a "
+            "percentile interval over (resample, query bootstrap)."
         )
     return out

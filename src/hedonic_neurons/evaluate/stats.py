@@ -231,8 +231,11 @@ def weighted_r2(y: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> np.ndar
     centre = (w @ y) / w.sum(1)
     ss_res = w @ (y - p) ** 2
     ss_tot = np.einsum("bp,bp->b", w, (y[None, :] - centre[:, None]) ** 2)
+    drawn = w > 0  # the unweighted rule on each draw's own targets
+    spread = np.where(drawn, y, -np.inf).max(1) - np.where(drawn, y, np.inf).min(1)
+    flat = spread <= 1e-6 * np.where(drawn, np.abs(y), 0.0).max(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, np.nan)
+        return np.where((ss_tot > 0) & ~flat, 1.0 - ss_res / ss_tot, np.nan)
 
 
 def minimal_detectable_difference(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:

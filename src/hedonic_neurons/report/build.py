@@ -61,6 +61,9 @@ METRIC_TITLES = {
     "ridge_r2_ood_constant": "constant predictor, OOD",
     "ridge_null_percentile": "percentile among random sets ↑",
     "ridge_ndcg10": "nDCG@10 of ridge, OOD ↑",
+    "ood_drop_phi": "OOD drop over φ resamples and queries",
+    "alignment_r2_phi": "alignment R² over φ resamples and queries",
+    "ridge_r2_phi": "ridge R², in-domain CV, over φ resamples and queries",
 }
 METRIC_NOTES = {
     "ood_drop": "task metric unablated minus ablated on the out-of-domain test set (higher: the "
@@ -80,6 +83,11 @@ METRIC_NOTES = {
     "synergy": "mean φ over pairs of members",
     "blocking_upper": "95% upper bound on the rate at which random small coalitions block the partition",
     "blocking_upper_phi": "the same for coalitions grown along positive φ (a harder test)",
+    "ood_drop_phi": "hedonic rows with φ resampling: the figure for coalitions of partitions re-solved on "
+    "disjoint subsets of the φ data, mean [2.5th, 97.5th percentile] over (resample, query bootstrap), "
+    "so the interval holds φ-data and query variance",
+    "alignment_r2_phi": "as the OOD drop's column: over φ resamples and bootstrap samples of the training queries",
+    "ridge_r2_phi": "as the OOD drop's column: over φ resamples and bootstrap samples of the training queries",
     "k": "how many coalitions (the top K of size ≥ the minimum) entered each figure, per layer and seed; "
     "fewer than K when a method has fewer eligible coalitions or a baseline had no cluster large "
     "enough to size-match",
@@ -160,6 +168,8 @@ def _fmt(est: Any, digits: int = 3, scale: int = 0, count: bool = False) -> str:
             return f"{mean:.1f} (range {min(values):.0f}–{max(values):.0f})"
         return f"{mean:.1f}"
     unit = 10.0**scale
+    if "n_resamples" in est and _finite(est.get("low")) and _finite(est.get("high")):  # a percentile interval
+        return f"{mean / unit:.{digits}f} [{est['low'] / unit:.{digits}f}, {est['high'] / unit:.{digits}f}]"
     if est.get("n", 0) < 2 or not (_finite(est.get("low")) and _finite(est.get("high"))):
         return f"{mean / unit:.{digits}f}"
     half = (est["high"] - est["low"]) / 2
