@@ -22,7 +22,7 @@ from hedonic_neurons.synergy.collect import CollectSettings, collect, phi_path
 from test_pipeline import tiny_run_config
 
 R = 3
-TIMING = ("null", "rest", "attribution")  # wall-clock seconds in the evaluation's design records
+TIMING = ("null", "rest", "attribution", "phi_resample")  # wall-clock seconds in the evaluation's design records
 
 
 def _config(tmp: Path, resamples: int) -> Path:

@@ -30,6 +30,7 @@ and a rerun resumes from them.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -450,6 +451,7 @@ class Pipeline:
         )
         by_evaluation: dict[str, list[Any]] = {name: [] for name in rows}
         extrinsic: dict[str, list[Any]] = {m: [] for m in hedonic}
+        cost = {"null_rows": 0, "rest_rows": 0}  # sequences forwarded (seconds: the design's phi_resample)
         for r in range(n):
             sets = [c for cs in chosen[r].values() for c in cs]
             outputs = {}
@@ -460,6 +462,9 @@ class Pipeline:
                     means=means if mode == "mean" else None, fills=fills if mode == "resample" else None,
                     batch_size=cfg.phi.batch_size,
                 )  # fmt: skip
+            for out in outputs.values():  # forward passes of this resample (extra null bins under null)
+                for part in ("null", "rest"):
+                    cost[f"{part}_rows"] += int(out.rows.get(part, 0))
             phis_r = {m: self.phi_resampled(m, r, layer) for m in cfg.phi.metrics}
             ctx_r = resample_context(ctx, chosen[r], outputs, phis_r[phi_metric], self.reference_method)
             with keep_replicates():
@@ -494,6 +499,7 @@ class Pipeline:
             "consensus": consensus,
             "chosen": chosen,
             "extrinsic": extrinsic,
+            "cost": cost,
         }
 
     def stage_activations(self) -> None:
@@ -778,6 +784,7 @@ class Pipeline:
             )
             if ev.phi_resamples:  # φ-data resampling: re-solve, re-select, re-measure (evaluate/resample.py)
                 _log(f"φ resampling of layer {layer}: {ev.phi_resamples} re-solved partitions per method")
+                t_resample = time.perf_counter()
                 resampled.append(
                     self.resample_layer(
                         layer, ctx, ev_cfg, a_train.mean(0) if "mean" in modes else None,
@@ -797,6 +804,7 @@ class Pipeline:
                     "test_queries": int(ctx.n_queries),
                     "single_neurons": len(out0.singles),
                     **{f"{k}": v for k, v in ctx.timing.items()},
+                    **({"phi_resample": time.perf_counter() - t_resample} if ev.phi_resamples else {}),
                 }
             )
             write_json(
