@@ -309,3 +309,26 @@ def test_more_resamples_than_phi_inputs_is_one_error_before_any_work(resampled, 
         run.run()
     assert isinstance(err.value, HedonicError)
     assert list((tmp_path / "out").iterdir()) == []  # nothing written
+
+
+def test_results_tables_script_prints_the_phi_intervals(resampled):
+    """scripts/results_tables.py (the results docs' tables): one effects row per layer and
+    method, the hedonic rows with their over-(φ resample, query) cells from results.json."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "results_tables.py"
+    spec = importlib.util.spec_from_file_location("results_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = json.loads((resampled.out / "results.json").read_text())
+    text = module.tables({"tiny": results})
+    effects = results["evaluation_tables"]["Ablation effects"]
+    lines = [line for line in text.splitlines() if line.startswith("| tiny | 2 |")]
+    assert len(lines) >= len(effects)
+    pas = next(r for r in effects if r["method"] == "hedonic-pas")
+    row = next(line for line in lines if "| hedonic-pas |" in line)
+    phi = pas["rms_phi"]
+    assert f"{phi['mean']:.4f} ({phi['low']:.4f}–{phi['high']:.4f})" in row
+    rnd = next(line for line in lines if "| random |" in line)
+    assert rnd.split(" | ")[4] == "–"  # no φ interval for a baseline
+    assert module.main([str(resampled.out.parent / "missing")]) == 2
