@@ -295,12 +295,5 @@ def design_sentences(design: Sequence[dict[str, Any]], ev: Any, reference_method
             f"(null_pairs = {ev.null_pairs}, fewer where needed "
             f"to keep the null's forward passes within 2× the rest's). The null forwarded {null_rows} "
             f"sequences, {ratio} the rest of the evaluation's {rest_rows}."
-            + (
-                f" Re-selecting and re-evaluating every hedonic method on the φ resamples took "
-                f"{d['phi_resample']:.0f} s (the main evaluation's passes: the null {d.get('null', 0.0):.0f} s, "
-                f"the rest {d.get('rest', 0.0):.0f} s)."
-                if "phi_resample" in d
-                else ""
-            )
         )
     return out
