@@ -249,7 +249,7 @@ def test_given_partition_is_a_method_of_a_tiny_run(tmp_path, capsys):
                 "synergy_pairs": 4,
                 "attribution": False,
                 "explorer_coalitions": 0,
-                "phi_resamples": 0,
+                "phi_resamples": 3,  # the given partition, the reference, sets each resample's targets
             },
         )
         out = tmp_path / "run"
@@ -266,3 +266,7 @@ def test_given_partition_is_a_method_of_a_tiny_run(tmp_path, capsys):
     evaluation = json.loads((out / "evaluation.json").read_text())
     effects = {r["method"]: r for r in evaluation["evaluations"]["effects"]}
     assert effects["given"]["coalitions"] == 3 * 3  # its three coalitions of size >= 2, every seed
+    # φ resampling with a given reference: the hedonic row gets its interval over (resample, query)
+    assert effects["hedonic-oca"]["rms_phi"]["n_resamples"] >= 1 and "rms_phi" not in effects["given"]
+    chosen = evaluation["phi_resampling"]["layers"][0]["chosen"]
+    assert all(sorted(map(len, c["given"])) == [2, 3, 4] for c in chosen)  # largest 3: the given ones

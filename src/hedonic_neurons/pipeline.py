@@ -427,7 +427,9 @@ class Pipeline:
         hedonic = [hedonic_method(m) for m in cfg.phi.metrics]
         phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
         parts = [self.resampled_partitions(layer, r) for r in range(n)]
-        fixed = {"random": self.coalitions("random", seed, layer)} if "random" in cfg.baselines else {}
+        # baselines do not depend on φ: random is re-matched to each resample's targets (the
+        # hedonic rows' paired comparison), and a given partition, when it is the reference, sets them
+        fixed = {m: self.coalitions(m, seed, layer) for m in ("random", "given") if m in cfg.baselines}
         chosen = resample_selection(
             [{**{m: p[m].coalitions for m in hedonic}, **fixed} for p in parts],
             [self.phi_resampled(phi_metric, r, layer) for r in range(n)],
