@@ -456,6 +456,7 @@ class Pipeline:
         cost = {"null_rows": 0, "rest_rows": 0}  # sequences forwarded (seconds: the design's phi_resample)
         for r in range(n):
             sets = [c for cs in chosen[r].values() for c in cs]
+            _log(f"layer {layer}, φ resample {r + 1} of {n}: ablating {len(sets)} coalitions, re-running the evaluations")
             outputs = {}
             for mode in ctx.outputs:
                 outputs[mode] = resample_outputs(
