@@ -332,3 +332,26 @@ def test_results_tables_script_prints_the_phi_intervals(resampled):
     rnd = next(line for line in lines if "| random |" in line)
     assert rnd.split(" | ")[4] == "–"  # no φ interval for a baseline
     assert module.main([str(resampled.out.parent / "missing")]) == 2
+
+
+def test_phi_validity_runs_once_per_layer_not_per_resample(resampled, tmp_path, monkeypatch):
+    """φ validity measures φ, not a method's coalitions: the φ resampling does not repeat its
+    full-model ablations (per_method = False), and the re-run evaluation is unchanged."""
+    from hedonic_neurons.evaluate.validity import PhiValidity
+
+    folder = tmp_path / "out"
+    shutil.copytree(resampled.out, folder)
+    shutil.rmtree(folder / "evaluation")
+    (folder / "evaluation.json").unlink()
+    real, calls = PhiValidity.evaluate, []
+
+    def counting(self, ctx):
+        calls.append(ctx.layer)
+        return real(self, ctx)
+
+    monkeypatch.setattr(PhiValidity, "evaluate", counting)
+    run = Pipeline(resampled.cfg, folder, progress=False)
+    run.run()
+    assert calls == list(resampled.cfg.layers)
+    assert _without_resampling(_evaluation(run)) == _without_resampling(_evaluation(resampled))
+    assert _evaluation(run)["phi_resampling"] == _evaluation(resampled)["phi_resampling"]

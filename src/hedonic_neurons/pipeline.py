@@ -451,7 +451,8 @@ class Pipeline:
             bootstrap_weights(len({p.qid for p in self.train}), ev.bootstrap, seed=5000),
             bootstrap_weights(len({p.qid for p in self.test}), ev.bootstrap, seed=5001),
         )
-        by_evaluation: dict[str, list[Any]] = {name: [] for name in rows}
+        per_method = [name for name in rows if EVALUATIONS.get(name).per_method]  # not φ validity
+        by_evaluation: dict[str, list[Any]] = {name: [] for name in per_method}
         extrinsic: dict[str, list[Any]] = {m: [] for m in hedonic}
         cost = {"null_rows": 0, "rest_rows": 0}  # sequences forwarded (seconds: the design's phi_resample)
         for r in range(n):
@@ -471,7 +472,7 @@ class Pipeline:
             phis_r = {m: self.phi_resampled(m, r, layer) for m in cfg.phi.metrics}
             ctx_r = resample_context(ctx, chosen[r], outputs, phis_r[phi_metric], self.reference_method)
             with keep_replicates():
-                for name in rows:
+                for name in per_method:
                     got = EVALUATIONS.get(name)().evaluate(ctx_r)
                     by_evaluation[name].append(strip_replicates(got))
             mine = {m: chosen[r][m] for m in hedonic}
@@ -486,7 +487,8 @@ class Pipeline:
             )  # fmt: skip
             for row in extr:
                 extrinsic[row["method"]].append(_extrinsic_replicates(row))
-        for name, got in rows.items():
+        for name in per_method:
+            got = rows[name]
             attach_phi_intervals(
                 [row for row in got if row.get("layer") == layer], by_evaluation[name], hedonic,
                 seed=4000 + layer,

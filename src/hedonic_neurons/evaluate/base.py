@@ -40,6 +40,10 @@ class Evaluation(ABC):
 
     #: the title of its table in the report
     title: ClassVar[str] = ""
+    #: whether its rows describe each method's coalitions (``hedonic run``'s φ resampling re-runs
+    #: such evaluations on every resample's coalitions; one that measures something else, like φ
+    #: itself, sets False and runs once)
+    per_method: ClassVar[bool] = True
 
     @abstractmethod
     def evaluate(self, ctx: LayerContext) -> list[dict[str, Any]]:

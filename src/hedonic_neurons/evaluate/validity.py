@@ -240,6 +240,8 @@ class PhiValidity(Evaluation):
     the default, or ``"float32"``; ``None``: the model's own; see :func:`full_model_deltas`).
     """
 
+    per_method = False  # it measures φ, not a method's coalitions: not re-run on φ resamples
+
     title = "φ validity: φ against the full-model Δ_ij"
     n_pairs: int = 64
     max_inputs: int = 64
