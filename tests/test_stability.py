@@ -8,7 +8,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from hedonic_neurons.artifacts import canonical_coalitions
 from hedonic_neurons.baselines.partitioners import PhiCommunities
-from hedonic_neurons.errors import ConfigError, DataError, HedonicError
+from hedonic_neurons.errors import ConfigError, DataError
 from hedonic_neurons.evaluate import stability as st
 from hedonic_neurons.game.solvers import TopCover
 
@@ -154,61 +154,3 @@ def test_consensus_by_hand():
     )
     with pytest.raises(ConfigError, match="threshold="):
         st.consensus_coalitions(labels, threshold=1.5)
-
-
-# ------------------------------------------------------------------------------ two_level_interval
-
-
-def test_two_level_interval_matches_a_brute_force_loop():
-    rng = np.random.default_rng(2)
-    effects = rng.normal(size=(4, 15)) + rng.normal(size=(4, 1))
-    res = st.two_level_interval(effects, n_boot=300, confidence=0.9, seed=7)
-    # the same draws, one replicate at a time
-    draw = np.random.default_rng(7)
-    rows, cols = draw.integers(0, 4, size=(300, 4)), draw.integers(0, 15, size=(300, 15))
-    reps = np.array([effects[np.ix_(rows[b], cols[b])].mean() for b in range(300)])
-    assert res["mean"] == pytest.approx(effects.mean())
-    assert (res["low"], res["high"]) == pytest.approx(tuple(np.quantile(reps, [0.05, 0.95])))
-    assert res["boot_sd"] == pytest.approx(reps.std(ddof=1))
-    assert res["sd_between_resamples"] == pytest.approx(effects.mean(axis=1).std(ddof=1))
-    assert (res["n_resamples"], res["n_queries"], res["n_boot"]) == (4, 15, 300)
-
-
-def test_two_level_bootstrap_variance_is_the_exact_one():
-    # exact variance of the two-way bootstrap mean: row counts a ~ Mult(R, 1/R), column counts
-    # b ~ Mult(Q, 1/Q), E[a a^T] = I - J/R + J, so E[(a^T E b)^2] = tr(M_a E M_b E^T)
-    rng = np.random.default_rng(3)
-    e = rng.normal(size=(5, 12)) * 0.5 + 2 * rng.normal(size=(5, 1)) + rng.normal(size=(1, 12))
-    r, q = e.shape
-    m_a = np.eye(r) - np.ones((r, r)) / r + np.ones((r, r))
-    m_b = np.eye(q) - np.ones((q, q)) / q + np.ones((q, q))
-    exact = np.trace(m_a @ e @ m_b @ e.T) / (r * q) ** 2 - e.mean() ** 2
-    res = st.two_level_interval(e, n_boot=40000, seed=1)
-    assert res["boot_sd"] ** 2 == pytest.approx(exact, rel=0.03)
-
-
-def test_two_level_interval_widens_with_between_resample_variance():
-    rng = np.random.default_rng(4)
-    queries = rng.normal(size=(1, 40))
-    offsets = rng.normal(size=(5, 1))
-    offsets -= offsets.mean()
-    widths = []
-    for scale in (0.0, 0.5, 2.0):
-        res = st.two_level_interval(queries + scale * offsets, seed=0)
-        assert res["mean"] == pytest.approx(queries.mean())
-        widths.append(res["high"] - res["low"])
-    assert widths[0] < widths[1] < widths[2]
-    # with no between-resample variance it is the one-level query bootstrap
-    one = st.two_level_interval(queries, seed=0)
-    assert widths[0] == pytest.approx(one["high"] - one["low"], rel=0.15)
-    # a fixed φ (all resamples equal) plus a fixed test set is still an interval over queries
-    assert st.two_level_interval(np.repeat(queries, 3, axis=0), seed=0)["high"] > queries.mean()
-
-
-def test_two_level_interval_rejects_bad_input():
-    with pytest.raises(DataError, match="at least 2 queries"):
-        st.two_level_interval(np.ones((3, 1)))
-    with pytest.raises(DataError, match="non-finite"):
-        st.two_level_interval(np.array([[1.0, np.nan], [0.0, 1.0]]))
-    with pytest.raises(HedonicError, match="confidence="):
-        st.two_level_interval(np.ones((2, 3)), confidence=1.0)

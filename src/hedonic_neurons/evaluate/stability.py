@@ -14,9 +14,9 @@ makes the φ data a source of variation:
   ``threshold`` fraction of the resamples (connected components of the thresholded
   co-assignment graph), built without any n x n matrix; :func:`co_assignment` is the mean
   co-assignment rate inside given groups.
-- :func:`two_level_interval`: mean and percentile interval of an effect measured per
-  (φ-resample, query), by a two-way bootstrap over both resamples and queries, so the interval
-  carries the variance between partitions as well as between queries.
+
+The interval of each figure over (φ resample, query) is built where the figures are, in
+:mod:`hedonic_neurons.evaluate.resample` (from :func:`hedonic_neurons.evaluate.stats.mixture_interval`).
 
 Everything returns plain Python floats, ints and lists (JSON-ready).
 """
@@ -42,7 +42,6 @@ __all__ = [
     "split_inputs",
     "stability",
     "stability_by_method",
-    "two_level_interval",
 ]
 
 MIN_RESAMPLES = 3
@@ -281,68 +280,3 @@ def co_assignment(groups: Sequence[Sequence[int]], labels_list: Sequence[Any]) -
             together += float((overlap * (overlap - 1) / 2).sum())
         out.append(together / (pairs * len(labels)))
     return out
-
-
-# ------------------------------------------------------------------------------ interval
-
-
-def two_level_interval(
-    effects: Any, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> dict[str, Any]:
-    """Mean effect over (φ-resample, query) cells with an interval carrying both variances.
-
-    ``effects``: (R, Q) array, the effect of the partition fitted on φ resample r, measured on
-    query q (the same Q queries for every resample). Each of ``n_boot`` bootstrap replicates
-    draws R resamples with replacement and, independently, Q queries with replacement, and
-    takes the mean of the R x Q sub-table they pick (a two-way "pigeonhole" bootstrap for
-    crossed factors). Its variance contains the between-resample variance of the row means, the
-    between-query variance of the column means and their interaction, so it is conservative
-    rather than short when both factors vary. The draws are ``rng.integers(0, R, (n_boot, R))``
-    then ``rng.integers(0, Q, (n_boot, Q))`` with ``rng = numpy.random.default_rng(seed)``; the
-    interval is the (1 - confidence)/2 and (1 + confidence)/2 percentiles of the replicates.
-
-    Returns ``mean`` (of the full table), ``low``, ``high``, ``boot_sd`` (sd of the replicates),
-    ``sd_between_resamples`` (sd of the R row means, ddof 1, 0 when R = 1),
-    ``sd_between_queries`` (sd of the Q column means, ddof 1), ``n_resamples``, ``n_queries``,
-    ``n_boot``, ``confidence``, ``seed``.
-    """
-    try:
-        table = np.asarray(effects, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{arg('effects')} must be a numeric (resamples, queries) array") from None
-    if table.ndim != 2 or table.shape[0] < 1 or table.shape[1] < 2:
-        raise DataError(
-            f"{arg('effects')} must be a (resamples, queries) array with at least 2 queries, "
-            f"got shape {table.shape}"
-        )
-    if not np.isfinite(table).all():
-        raise DataError(f"{arg('effects')} has {int((~np.isfinite(table)).sum())} non-finite entries")
-    n_boot = _int(n_boot, "n_boot", 2)
-    seed = _int(seed, "seed", 0)
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ConfigError(f"{arg('confidence')} must be in (0, 1), got {confidence!r}")
-    r, q = table.shape
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, r, size=(n_boot, r))
-    cols = rng.integers(0, q, size=(n_boot, q))
-    # mean of table[rows[b]][:, cols[b]] = (row counts) @ table @ (column counts) / (R Q)
-    row_w = np.zeros((n_boot, r))
-    np.add.at(row_w, (np.arange(n_boot)[:, None], rows), 1.0)
-    col_w = np.zeros((n_boot, q))
-    np.add.at(col_w, (np.arange(n_boot)[:, None], cols), 1.0)
-    reps = np.einsum("bq,bq->b", row_w @ table, col_w) / (r * q)
-    alpha = (1.0 - float(confidence)) / 2
-    low, high = np.quantile(reps, [alpha, 1.0 - alpha])
-    return {
-        "mean": float(table.mean()),
-        "low": float(low),
-        "high": float(high),
-        "boot_sd": float(reps.std(ddof=1)),
-        "sd_between_resamples": float(table.mean(axis=1).std(ddof=1)) if r > 1 else 0.0,
-        "sd_between_queries": float(table.mean(axis=0).std(ddof=1)),
-        "n_resamples": r,
-        "n_queries": q,
-        "n_boot": n_boot,
-        "confidence": float(confidence),
-        "seed": seed,
-    }
