@@ -22,8 +22,16 @@ import pytest
 
 from hedonic_neurons.config import EvaluateConfig
 from hedonic_neurons.data import load_pairs
+from hedonic_neurons.evaluate.base import EVALUATIONS
 from hedonic_neurons.evaluate.builtin import coalition_percentiles
 from hedonic_neurons.evaluate.layer import evaluate_layer
+from hedonic_neurons.evaluate.resample import (
+    attach_phi_intervals,
+    resample_context,
+    resample_outputs,
+    strip_replicates,
+)
+from hedonic_neurons.evaluate.stats import keep_replicates
 from hedonic_neurons.models import load_model
 from hedonic_neurons.models.plant import plant
 from hedonic_neurons.neurons.readout import full_logits
@@ -79,11 +87,11 @@ def evaluated(tmp_path_factory):
             train=train,
             reference=nm.reference_mlp_weights(LAYER),
         )
-    return rows, ctx, planted
+    return rows, ctx, planted, {"nm": nm, "test": test}
 
 
 def test_planted_set_is_above_the_99th_percentile_of_random_sets(evaluated):
-    rows, ctx, _ = evaluated
+    rows, ctx, _, _ = evaluated
     points, _ = coalition_percentiles(ctx, "reference", "rms")
     for seed in ctx.seeds:
         assert points[(seed, "planted")].tolist() == [pytest.approx(points[(0, "planted")][0])]
@@ -94,7 +102,7 @@ def test_planted_set_is_above_the_99th_percentile_of_random_sets(evaluated):
 
 
 def test_random_partition_sits_at_the_median_of_the_null(evaluated):
-    rows, ctx, _ = evaluated
+    rows, ctx, _, _ = evaluated
     points, _ = coalition_percentiles(ctx, "reference", "rms")
     pooled = np.concatenate([points[(s, "random")] for s in ctx.seeds])
     assert pooled.size == PARTITIONS
@@ -104,7 +112,7 @@ def test_random_partition_sits_at_the_median_of_the_null(evaluated):
 
 
 def test_effects_rise_with_importance_and_the_attribution_baseline_finds_the_group(evaluated):
-    rows, ctx, planted = evaluated
+    rows, ctx, planted, _ = evaluated
     by = {r["method"]: r for r in rows["effects"]}
     assert set(by) == {"planted", "random", "attribution"}
     # the planted set moves the outputs far more than random sets; the difference is paired
@@ -120,7 +128,7 @@ def test_effects_rise_with_importance_and_the_attribution_baseline_finds_the_gro
 
 
 def test_the_planted_and_group_is_non_additive_and_complementary(evaluated):
-    rows, _, _ = evaluated
+    rows, _, _, _ = evaluated
     by = {r["method"]: r for r in rows["synergy"]}
     planted = by["planted"]
     # AND: each member alone switches the reader off, so the singles' sum overshoots the joint
@@ -130,3 +138,39 @@ def test_the_planted_and_group_is_non_additive_and_complementary(evaluated):
     assert planted["percentile_nonadditivity"] > 95
     assert planted["nonadditivity"]["mean"] > 100 * planted["null_nonadditivity"]
     assert by["random"]["coalitions"] == PARTITIONS
+
+
+def _percentile_phi(evaluated, per_resample):
+    """The planted row's ``percentile_rms_phi`` when φ resample r's partition yields the
+    coalitions ``per_resample[r]`` (the pipeline's path: outputs extended to the resample's sets,
+    the null evaluation re-run on them with its query-bootstrap replicates, the mixture)."""
+    rows, ctx, _, run = evaluated
+    nm = run["nm"]
+    resampled = []
+    for sets in per_resample:
+        out = resample_outputs(
+            nm, LAYER, run["test"], ctx.outputs["reference"], sets, bins=ctx.bins,
+            null_sets=ctx.config.null_sets, seed=0, mode="reference",
+            reference=nm.reference_mlp_weights(LAYER),
+        )  # fmt: skip
+        ctx_r = resample_context(ctx, {"planted": sets}, {"reference": out}, ctx.phi, "planted")
+        with keep_replicates():
+            resampled.append(strip_replicates(EVALUATIONS.get("null")().evaluate(ctx_r)))
+    row = dict(next(r for r in rows["null"] if r["method"] == "planted"))
+    attach_phi_intervals([row], resampled, ["planted"], seed=1)
+    return row["percentile_rms_phi"]
+
+
+def test_phi_interval_keeps_a_stable_real_effect_and_widens_when_the_partition_is_unstable(evaluated):
+    # positive control of the φ-data interval: a partition that finds the planted group on every
+    # φ resample keeps it above the 99th percentile; one that loses it on one resample of three
+    # (a random set of the same size there) gets an interval reaching far below
+    _, _, planted, _ = evaluated
+    stable = _percentile_phi(evaluated, [planted] * 3)
+    assert stable["n_resamples"] == 3 and stable["low"] > 99
+    others = [i for i in range(N) if i not in set(planted[0])]
+    lost = sorted(np.random.default_rng(3).choice(others, size=SIZE, replace=False).tolist())
+    unstable = _percentile_phi(evaluated, [planted, planted, [lost]])
+    assert unstable["n_resamples"] == 3
+    assert unstable["low"] < 90 < stable["low"]
+    assert unstable["mean"] < stable["mean"] - 5
