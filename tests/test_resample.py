@@ -355,3 +355,45 @@ def test_phi_validity_runs_once_per_layer_not_per_resample(resampled, tmp_path, 
     assert calls == list(resampled.cfg.layers)
     assert _without_resampling(_evaluation(run)) == _without_resampling(_evaluation(resampled))
     assert _evaluation(run)["phi_resampling"] == _evaluation(resampled)["phi_resampling"]
+
+
+def test_run_killed_during_the_phi_resampling_keeps_the_layers_main_evaluation(resampled, tmp_path, monkeypatch):
+    """The main evaluation of a layer is kept until its φ resampling is saved: a run killed in
+    the resampling does not redo it, and the resumed run's evaluation is the uninterrupted one."""
+    from hedonic_neurons.evaluate import layer as layer_module
+
+    folder = tmp_path / "out"
+    shutil.copytree(resampled.out, folder)
+    for name in ("evaluation", "explorer"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    (folder / "evaluation.json").unlink()
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(Pipeline, "resample_layer", killed)
+    with pytest.raises(Killed):
+        Pipeline(resampled.cfg, folder, progress=False).run()
+    monkeypatch.undo()
+    (layer,) = resampled.cfg.layers
+    kept = folder / "evaluation" / f"layer{layer}.main.pkl"
+    assert kept.is_file() and not (folder / "evaluation" / f"layer{layer}.json").exists()
+    real, calls = layer_module.evaluate_layer, []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layer_module, "evaluate_layer", counting)
+    run = Pipeline(resampled.cfg, folder, progress=False)
+    run.run()
+    assert calls == []  # the kept main evaluation was reused
+    assert not kept.exists()  # and dropped once the layer was saved
+    assert _without_resampling(_evaluation(run)) == _without_resampling(_evaluation(resampled))
+    assert _evaluation(run)["phi_resampling"] == _evaluation(resampled)["phi_resampling"]
+    assert json.loads((run.out / "results.json").read_text())["evaluation_tables"] == json.loads(
+        (resampled.out / "results.json").read_text()
+    )["evaluation_tables"]

@@ -735,38 +735,46 @@ class Pipeline:
 
             ceilings.extend(ceiling_rows(layer, data, at_train, at_test, n_pcs=ev.top_k, seed=ev.seeds[0]))
             # the evaluations that can tell a coalition from chance (hedonic_neurons.evaluate.layer)
-            from hedonic_neurons.evaluate.layer import evaluate_layer
+            # with φ resampling a layer is saved only after its resampling; its main evaluation
+            # (the longer part) is kept in between, so a run killed during the resampling resumes
+            # after it (a pickle: the context holds the ablated outputs the resampling extends)
+            main_path = stage.folder / f"layer{layer}.main.pkl"
+            done = _read_layer_main(main_path, stage.key) if ev.phi_resamples else None
+            if done is not None:
+                results, ctx, extr = done
+                ctx = replace(ctx, nm=self.nm)
+                _log(f"layer {layer}: main evaluation reused from {main_path.name}")
+                bar.update(len(self.test) * len(modes))
+            else:
+                from hedonic_neurons.evaluate.layer import evaluate_layer
 
-            results, ctx = evaluate_layer(
-                self.nm,
-                layer,
-                {seed: {m: self.coalitions(m, seed, layer) for m in self.methods} for seed in ev.seeds},
-                reference_method=self.reference_method,
-                config=ev_cfg,
-                task=cfg.task,
-                test=self.test,
-                y_test=y_test,
-                qrels=self.test_qrels,
-                train=self.train,
-                phi=phi,
-                reference=self.nm.reference_mlp_weights(layer) if self.nm.has_reference else None,
-                means=a_train.mean(0) if "mean" in modes else None,
-                donors=a_train if "resample" in modes else None,
-                seed=cfg.seed,
-                batch_size=cfg.phi.batch_size,
-                progress=bar,
-                phi_source=(
-                    f"{cfg.phi.readout}-readout PAS ({cfg.phi.pas_mode})"
-                    if phi_metric == "pas"
-                    else phi_metric.upper()
-                ),
-            )
-            for name, got in results.items():
-                new_rows[name].extend(got)
-            # the paper's per-coalition measures (hedonic_neurons.evaluate.extrinsic), on the coalitions
-            # the evaluation selected and from its ablated outputs (first ablation mode): no extra pass
-            rows.extend(
-                extrinsic_rows(
+                results, ctx = evaluate_layer(
+                    self.nm,
+                    layer,
+                    {seed: {m: self.coalitions(m, seed, layer) for m in self.methods} for seed in ev.seeds},
+                    reference_method=self.reference_method,
+                    config=ev_cfg,
+                    task=cfg.task,
+                    test=self.test,
+                    y_test=y_test,
+                    qrels=self.test_qrels,
+                    train=self.train,
+                    phi=phi,
+                    reference=self.nm.reference_mlp_weights(layer) if self.nm.has_reference else None,
+                    means=a_train.mean(0) if "mean" in modes else None,
+                    donors=a_train if "resample" in modes else None,
+                    seed=cfg.seed,
+                    batch_size=cfg.phi.batch_size,
+                    progress=bar,
+                    phi_source=(
+                        f"{cfg.phi.readout}-readout PAS ({cfg.phi.pas_mode})"
+                        if phi_metric == "pas"
+                        else phi_metric.upper()
+                    ),
+                )
+                # the paper's per-coalition measures (hedonic_neurons.evaluate.extrinsic), on the coalitions
+                # the evaluation selected and from its ablated outputs (first ablation mode): no extra pass
+                extr = extrinsic_rows(
                     self.nm,
                     layer,
                     {seed: {m: self.coalitions(m, seed, layer) for m in self.methods} for seed in ev.seeds},
@@ -786,7 +794,11 @@ class Pipeline:
                     selected_skipped=ctx.skipped,
                     outputs=ctx.outputs[modes[0]],
                 )
-            )
+                if ev.phi_resamples:
+                    _write_layer_main(main_path, stage.key, results, ctx, extr)
+            for name, got in results.items():
+                new_rows[name].extend(got)
+            rows.extend(extr)
             if ev.phi_resamples:  # φ-data resampling: re-solve, re-select, re-measure (evaluate/resample.py)
                 _log(f"φ resampling of layer {layer}: {ev.phi_resamples} re-solved partitions per method")
                 t_resample = time.perf_counter()
@@ -823,6 +835,7 @@ class Pipeline:
                     "resampled": resampled[-1] if ev.phi_resamples else None,
                 },
             )
+            main_path.unlink(missing_ok=True)
         bar.close()
         self.evaluation = {
             "rows": rows,
@@ -1099,3 +1112,30 @@ def register(app: Any) -> None:
 
         report = run(load_config(None, DEMO_CONFIG), out, progress=not quiet)
         typer.echo(f"demo finished; open the report: {report}")
+
+
+def _write_layer_main(path: Path, key: Any, results: Any, ctx: Any, extr: Any) -> None:
+    """Keep one layer's main evaluation (its rows, its context without the model, the extrinsic
+    rows) until the layer's φ resampling is saved; written atomically."""
+    import os
+    import pickle
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump({"key": key, "main": (results, replace(ctx, nm=None), extr)}, fh)
+    os.replace(tmp, path)
+
+
+def _read_layer_main(path: Path, key: Any) -> Any:
+    """What :func:`_write_layer_main` kept, or None (absent, unreadable, or another stage key)."""
+    import pickle
+
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            got = pickle.load(fh)
+    except Exception:  # a partial or foreign file: the layer's evaluation is redone
+        return None
+    return got["main"] if isinstance(got, dict) and got.get("key") == key else None
