@@ -397,3 +397,35 @@ def test_run_killed_during_the_phi_resampling_keeps_the_layers_main_evaluation(r
     assert json.loads((run.out / "results.json").read_text())["evaluation_tables"] == json.loads(
         (resampled.out / "results.json").read_text()
     )["evaluation_tables"]
+
+
+def test_resampling_ablates_every_resamples_coalitions_in_one_pass(resampled, tmp_path, monkeypatch):
+    """The φ resampling of a layer runs one batched pass per ablation mode for the coalitions of
+    all its resamples (and the null's missing bins), not one per resample; the figures are those
+    of the resampled run."""
+    import inspect
+
+    from hedonic_neurons.evaluate import passes
+
+    folder = tmp_path / "out"
+    shutil.copytree(resampled.out, folder)
+    shutil.rmtree(folder / "evaluation")
+    (folder / "evaluation.json").unlink()
+    real, calls = passes.layer_outputs, []
+
+    def counting(*args, **kwargs):
+        if any(f.function == "resample_layer" for f in inspect.stack()):
+            calls.append(len(args[3]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(passes, "layer_outputs", counting)
+    run = Pipeline(resampled.cfg, folder, progress=False)
+    run.run()
+    modes = _evaluation(run)["ablation_modes"]
+    assert len(calls) <= len(modes) * len(run.cfg.layers)
+    picked = {
+        tuple(c) for entry in _evaluation(run)["phi_resampling"]["layers"] for r in entry["chosen"]
+        for cs in r.values() for c in cs
+    }  # fmt: skip
+    assert sum(calls) <= len(picked) * len(modes)
+    assert _evaluation(run)["phi_resampling"] == _evaluation(resampled)["phi_resampling"]

@@ -455,20 +455,33 @@ class Pipeline:
         by_evaluation: dict[str, list[Any]] = {name: [] for name in per_method}
         extrinsic: dict[str, list[Any]] = {m: [] for m in hedonic}
         cost = {"null_rows": 0, "rest_rows": 0}  # sequences forwarded (seconds: the design's phi_resample)
-        for r in range(n):
-            sets = [c for cs in chosen[r].values() for c in cs]
-            _log(f"layer {layer}, φ resample {r + 1} of {n}: ablating {len(sets)} coalitions, re-running the evaluations")
-            outputs = {}
-            for mode in ctx.outputs:
-                outputs[mode] = resample_outputs(
-                    self.nm, layer, self.test, ctx.outputs[mode], sets, bins=ctx.bins, null_sets=config.null_sets,
+
+        def extend(outputs: Any, sets: list[Any]) -> dict[str, Any]:  # per mode, resample_outputs
+            got = {}
+            for mode in outputs:
+                got[mode] = resample_outputs(
+                    self.nm, layer, self.test, outputs[mode], sets, bins=ctx.bins, null_sets=config.null_sets,
                     seed=seed, mode=mode, reference=reference if mode == "reference" else None,
                     means=means if mode == "mean" else None, fills=fills if mode == "resample" else None,
                     batch_size=cfg.phi.batch_size,
                 )  # fmt: skip
-            for out in outputs.values():  # forward passes of this resample (extra null bins under null)
-                for part in ("null", "rest"):
-                    cost[f"{part}_rows"] += int(out.rows.get(part, 0))
+            return got
+
+        # one batched pass for every resample's coalitions, with random sets for every size bin
+        # the main null lacks (sizes from all resamples' coalitions in that bin) and their single
+        # neurons; each resample then reads its coalitions from it without another pass
+        picked = [c for r in range(n) for cs in chosen[r].values() for c in cs]
+        _log(
+            f"layer {layer}: ablating the {len({tuple(sorted(c)) for c in picked})} coalitions "
+            f"the {n} φ resamples pick, in one pass"
+        )
+        pooled = extend(ctx.outputs, picked)
+        for out in pooled.values():  # forward passes of the resampling (extra null bins under null)
+            for part in ("null", "rest"):
+                cost[f"{part}_rows"] += int(out.rows.get(part, 0))
+        for r in range(n):
+            _log(f"layer {layer}, φ resample {r + 1} of {n}: re-running the evaluations")
+            outputs = extend(pooled, [c for cs in chosen[r].values() for c in cs])
             phis_r = {m: self.phi_resampled(m, r, layer) for m in cfg.phi.metrics}
             ctx_r = resample_context(ctx, chosen[r], outputs, phis_r[phi_metric], self.reference_method)
             with keep_replicates():
