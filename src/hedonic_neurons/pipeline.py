@@ -1130,14 +1130,11 @@ def register(app: Any) -> None:
 def _write_layer_main(path: Path, key: Any, results: Any, ctx: Any, extr: Any) -> None:
     """Keep one layer's main evaluation (its rows, its context without the model, the extrinsic
     rows) until the layer's φ resampling is saved; written atomically."""
-    import os
     import pickle
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump({"key": key, "main": (results, replace(ctx, nm=None), extr)}, fh)
-    os.replace(tmp, path)
+    from hedonic_neurons.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(path, pickle.dumps({"key": key, "main": (results, replace(ctx, nm=None), extr)}))
 
 
 def _read_layer_main(path: Path, key: Any) -> Any:
