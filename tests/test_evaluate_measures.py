@@ -113,6 +113,23 @@ def test_query_subsample_takes_whole_queries():
     assert len(two) == 10 and len({"abc"[i // 5] for i in two}) == 2
 
 
+
+def test_query_subsample_per_query_spreads_the_same_pairs_over_more_queries():
+    qids = [q for q in "abcdefgh" for _ in range(6)]  # 8 queries x 6 pairs
+    whole = query_subsample(qids, 12, seed=0)
+    spread = query_subsample(qids, 12, seed=0, per_query=2)
+    assert len({qids[i] for i in whole}) == 2 and len(whole) == 12
+    per = {q: sum(qids[i] == q for i in spread) for q in {qids[i] for i in spread}}
+    assert len(spread) == 12 and len(per) == 6 and set(per.values()) == {2}
+    # seeded and reproducible; a query with fewer pairs than per_query gives all it has
+    assert query_subsample(qids, 12, seed=0, per_query=2).tolist() == spread.tolist()
+    assert query_subsample(qids, 12, seed=1, per_query=2).tolist() != spread.tolist()
+    short = query_subsample(["a", "b", "b", "b"], 100, seed=0, per_query=2)
+    assert [["a", "b", "b", "b"][i] for i in short].count("a") == 1 and len(short) == 3
+    with pytest.raises(ValueError, match="per_query"):
+        query_subsample(qids, 12, seed=0, per_query=0)
+
+
 def _brute_bootstrap(values, n_boot, rng):
     q = values.shape[-1]
     out = []

@@ -249,3 +249,31 @@ def test_evaluate_layer_runs_resample_with_seeded_donors(neuron_model):
         layer_outputs(nm, test, LAYER, blocks, fills=fills[:3], **passes)
     with pytest.raises(ModelError, match="only used by mode='resample'"):
         layer_outputs(nm, test, LAYER, blocks, fills=fills, **{**passes, "mode": "zero"})
+
+
+def test_null_pairs_per_query_spreads_the_nulls_subsample_over_more_queries(neuron_model):
+    """``null_pairs_per_query``: the null's subsample (shared by the coalitions and the random
+    sets) takes at most that many pairs of each test query, so the same budget spans more queries;
+    the default keeps whole queries. The design sentence says which."""
+    from hedonic_neurons.evaluate.layer import design_sentences, evaluate_layer
+
+    nm, test, _ = neuron_model  # 3 test queries of 3 pairs
+    blocks = [list(range(s, s + 6)) for s in range(0, N, 6)]
+    partitions = {seed: {"a": blocks} for seed in (0, 1, 2)}
+    common = dict(reference_method="a", task="cqtr", test=test, y_test=np.zeros(len(test)), batch_size=4)
+    cfg = EvaluateConfig(
+        evaluations=["null"], ablation_modes=["zero"], selection="largest", size_band=(2, 12), top_k=1, null_pairs=8,
+        synergy_pairs=4, bootstrap=100, attribution=False,
+    )  # fmt: skip
+    qids = np.array([p.qid for p in test])
+    _, whole = evaluate_layer(nm, LAYER, partitions, config=cfg, **common)
+    sub = whole.outputs["zero"].sub
+    assert len(sub) == 6 and len(set(qids[sub])) == 2  # two whole queries: a third would overflow 8
+    spread_cfg = cfg.model_copy(update={"null_pairs_per_query": 2})
+    rows, spread = evaluate_layer(nm, LAYER, partitions, config=spread_cfg, **common)
+    sub2 = spread.outputs["zero"].sub
+    assert len(sub2) == 6 and len(set(qids[sub2])) == 3 and spread.n_sub_queries == 3
+    assert rows["null"][0]["null_queries"] == 3
+    design = [{"layer": LAYER, "null_bins": [0], "null_pairs": 6, "null_queries": 3, "null_rows": 1, "rest_rows": 1}]
+    assert "from 3 queries (at most 2 pairs of each, a seeded draw)" in design_sentences(design, spread_cfg, "a")[1]
+    assert "from 3 whole queries" in design_sentences(design, cfg, "a")[1]

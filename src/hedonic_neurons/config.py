@@ -266,6 +266,10 @@ class EvaluateConfig(_Strict):
     null_sets: int = Field(200, ge=200)  # random size-matched sets per size bin
     null_bins_per_octave: int = Field(1, ge=1)  # log-scale size bins
     null_pairs: int = Field(64, ge=8)  # test pairs (whole queries) of the null's shared subsample
+    # None: the null's subsample is whole test queries; m: at most m pairs of each query (a seeded
+    # draw), so that null_pairs pairs span more queries (the null's query bootstrap has more to
+    # resample); the comparison stays paired (coalitions and random sets on the same pairs)
+    null_pairs_per_query: int | None = Field(None, ge=1)
     synergy_pairs: int = Field(16, ge=4)  # pairs (of the null's subsample) for single-neuron ablations
     bootstrap: int = Field(1000, ge=100)  # resamples of the query bootstrap
     attribution: bool = True  # the |gradient x revert shift| baseline

@@ -9,12 +9,14 @@ calls on any model:
 2. **Attribution baseline** (:mod:`.attribution`): sets of the target sizes from the neurons with
    the largest mean |gradient × revert shift| on the train pairs (method ``"attribution"``).
 3. **Null** (:mod:`.null`): ``null_sets`` random sets per occupied log-scale size bin, on a seeded
-   subsample of whole test queries. The subsample has ``null_pairs`` pairs, fewer when that
+   subsample of whole test queries (or, with ``null_pairs_per_query`` = m, of at most m seeded
+   pairs of each query, so that the subsample spans more queries). The subsample has ``null_pairs`` pairs, fewer when that
    would make the null's forward passes more than twice the rest's (counted in sequences
    forwarded: null sets × subsample pairs against (coalitions + 2) × test pairs + single neurons
    × synergy pairs), never below 16 pairs (or ``null_pairs`` if smaller), never below two queries.
    The single-neuron ablations of the ``synergy`` evaluation (every neuron of an evaluated
-   coalition or a random set) run on ``synergy_pairs`` pairs of whole queries of that subsample.
+   coalition or a random set) run on ``synergy_pairs`` pairs of whole queries of that subsample
+   (whole as they are in the subsample).
 4. **Passes** (:mod:`.passes`): one batched ablation pass per batch for everything, per mode.
    Under ``"resample"`` every test pair gets one donor from the donor pool (a run: its training
    pairs' token-mean activations), drawn by :func:`donor_fills` from the seed and the layer; the
@@ -219,7 +221,9 @@ def evaluate_layer(
     rest_rows = (len(all_sets) + 2) * len(test) + len(singles) * min(int(config.synergy_pairs), n_sub)
     if null_sets:  # keep null rows <= 2 x the rest's rows, but never below MIN_NULL_PAIRS
         n_sub = min(n_sub, max(MIN_NULL_PAIRS, 2 * rest_rows // len(null_sets)))
-    sub = query_subsample(qids, max(n_sub, 1), seed, min_queries=MIN_QUERIES)
+    sub = query_subsample(
+        qids, max(n_sub, 1), seed, min_queries=MIN_QUERIES, per_query=config.null_pairs_per_query
+    )
     sub_qids = [qids[int(i)] for i in sub]
     syn = sub[query_subsample(sub_qids, int(config.synergy_pairs), seed, min_queries=MIN_QUERIES)]
     groups, names = query_index(qids)
@@ -284,6 +288,11 @@ def design_sentences(design: Sequence[dict[str, Any]], ev: Any, reference_method
         else f"Coalitions evaluated: per method, seed and layer the top {ev.top_k} by {ev.selection} among "
         f"sizes {lo}–{hi}, every method size-matched to the sizes {reference_method} gives."
     ]
+    whole = (
+        "whole queries "
+        if ev.null_pairs_per_query is None
+        else f"queries (at most {ev.null_pairs_per_query} pairs of each, a seeded draw) "
+    )
     for d in design:
         null_rows, rest_rows = d.get("null_rows", 0), d.get("rest_rows", 0)
         ratio = f"{null_rows / rest_rows:.2f}×" if rest_rows else "n/a"
@@ -291,7 +300,7 @@ def design_sentences(design: Sequence[dict[str, Any]], ev: Any, reference_method
             f"Layer {d['layer']} null: {ev.null_sets} random sets in each of {len(d['null_bins'])} "
             f"log-scale size bins ({ev.null_bins_per_octave} per octave from {lo}; only bins holding "
             "an evaluated coalition), sizes cycled from those coalitions; on a seeded subsample of "
-            f"{d['null_pairs']} test pairs from {d['null_queries']} whole queries "
+            f"{d['null_pairs']} test pairs from {d['null_queries']} {whole}"
             f"(null_pairs = {ev.null_pairs}, fewer where needed "
             f"to keep the null's forward passes within 2× the rest's). The null forwarded {null_rows} "
             f"sequences, {ratio} the rest of the evaluation's {rest_rows}."

@@ -73,15 +73,27 @@ def random_sets(
     return sets, np.array(bins, dtype=np.int64)
 
 
-def query_subsample(qids: Sequence[str], max_pairs: int, seed: int, min_queries: int = 1) -> np.ndarray:
+def query_subsample(
+    qids: Sequence[str], max_pairs: int, seed: int, min_queries: int = 1, per_query: int | None = None
+) -> np.ndarray:
     """Indices of the pairs of whole queries, drawn in a seeded random order until ``max_pairs``
     pairs (a query that would overflow is skipped), but at least ``min_queries`` queries (or all
-    there are) whatever their size. Sorted."""
+    there are) whatever their size. ``per_query``: take at most this many pairs of each query
+    (a seeded draw within the query) instead of whole queries, so the same ``max_pairs`` cover
+    more queries. Sorted."""
+    if per_query is not None and (isinstance(per_query, bool) or int(per_query) < 1):
+        raise ValueError(f"per_query must be a positive integer or None, got {per_query!r}")
     by_q: dict[str, list[int]] = {}
     for i, q in enumerate(qids):
         by_q.setdefault(q, []).append(i)
     order = sorted(by_q)
-    np.random.default_rng(seed).shuffle(order)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(order)
+    if per_query is not None:
+        draw = np.random.default_rng([seed, 1])
+        by_q = {
+            q: sorted(int(i) for i in draw.permutation(by_q[q])[: int(per_query)]) for q in order
+        }
     chosen: list[int] = []
     taken = 0
     for q in order:
