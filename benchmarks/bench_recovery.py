@@ -6,6 +6,9 @@ layer; then, on held-out demo inputs, this benchmark collects every φ the code 
 
 - OCA (pooling ``tokens``, the default, and ``last``, the readout token),
 - PAS ``exact`` with the ``local`` readout, PAS ``taylor`` (local; the only readout it has),
+- PAS with the ``next-block`` readout (the model above the layer, on the residual at the readout
+  position): ``taylor`` for all pairs, ``exact`` on every pair of planted neurons with standard
+  errors (``--next-block-inputs`` inputs; every other entry 0),
 - PAS ``exact`` with the ``full`` readout: every pair of planted neurons by batched ablation
   (under reference ablation every other neuron equals its reference, so its φ is exactly 0;
   ``tests/test_plant.py`` checks that through ``hedonic collect --readout full``), input by
@@ -97,22 +100,30 @@ def collect_phis(
             "taylor",
             CollectSettings(metric="pas", mode="taylor", readout="local"),
         ),
+        "PAS taylor next-block": (
+            "pas",
+            "next-block",
+            "taylor",
+            CollectSettings(metric="pas", mode="taylor", readout="next-block"),
+        ),
     }
+    nb_pairs = held_out_pairs(args.data, args.seed, args.calibration + 1000, args.next_block_inputs)
     out: dict[str, dict[str, Any]] = {}
     for name, (metric, readout, mode, settings) in specs.items():
         folder = work / "phi" / name.replace(" ", "-").lower()
         timing = folder / "seconds.json"
+        inputs = nb_pairs if readout == "next-block" else pairs
         if not timing.is_file():  # (a finished φ is reused; its time is the first run's)
             t0 = time.time()
-            _log(f"{name}: {len(pairs)} inputs")
-            collect(nm, pairs, [layer], settings, folder, data=f"{args.data} (held out)", progress=False)
+            _log(f"{name}: {len(inputs)} inputs")
+            collect(nm, inputs, [layer], settings, folder, data=f"{args.data} (held out)", progress=False)
             timing.write_text(json.dumps({"seconds": time.time() - t0}))
         out[name] = {
             "phi": load_phi(phi_path(folder, layer)),
             "metric": metric,
             "readout": readout,
             "mode": mode,
-            "inputs": len(pairs),
+            "inputs": len(inputs),
             "seconds": json.loads(timing.read_text())["seconds"],
         }
     # full readout: every pair of planted neurons (every other entry is exactly 0, with se 0),
@@ -151,7 +162,37 @@ def collect_phis(
         "inputs": len(full_pairs),
         "seconds": seconds,
     }
+    out["PAS exact next-block"] = next_block_phi(nm, layer, iu, nb_pairs, work)
     return out
+
+
+def next_block_phi(
+    nm: Any, layer: int, pairs: list[tuple[int, int]], inputs: list[Any], work: Path
+) -> dict[str, Any]:
+    """PAS exact with the ``next-block`` readout on the planted pairs (every other entry 0, as for
+    the full readout), with standard errors; cached in ``work/phi``."""
+    from hedonic_neurons.synergy.api import pas
+
+    cache = work / "phi" / "pas-exact-next-block.npz"
+    if cache.is_file():
+        saved = np.load(cache)
+        phi, se, seconds = saved["phi"], saved["se"], float(saved["seconds"])
+    else:
+        _log(f"PAS exact next-block: {len(pairs)} planted pairs, {len(inputs)} inputs")
+        t0 = time.time()
+        phi, se = pas(nm, inputs, layer, mode="exact", readout="next-block", pairs=pairs, with_se=True)
+        phi, se = np.asarray(phi, dtype=np.float32), np.asarray(se, dtype=np.float32)
+        seconds = time.time() - t0
+        np.savez(cache, phi=phi, se=se, seconds=seconds)
+    return {
+        "phi": phi,
+        "se": se,
+        "metric": "pas",
+        "readout": "next-block",
+        "mode": "exact",
+        "inputs": len(inputs),
+        "seconds": seconds,
+    }
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -522,7 +563,15 @@ def findings(res: dict[str, Any]) -> list[str]:
             else f"On {key}, {'the other' if some else 'all'} methods"
         )
         out.append(f"{shown} stay below 0.9 (best {name(best)}: ARI planted {best['ari_planted']:.2f}).")
-    for key in ("PAS exact full", "PAS exact local", "PAS taylor local", "OCA tokens", "OCA last"):
+    for key in (
+        "PAS exact full",
+        "PAS exact next-block",
+        "PAS taylor next-block",
+        "PAS exact local",
+        "PAS taylor local",
+        "OCA tokens",
+        "OCA last",
+    ):
         r = by_phi.get(key)
         if r is None:
             continue
@@ -554,6 +603,16 @@ def findings(res: dict[str, Any]) -> list[str]:
             "pairs positive). The OR members also write along the logit gradient at the planted layer, "
             f"and their interaction through the head's norm is negative for {100 * loc['or_fraction_negative']:.0f}% "
             "of OR pairs: a substitute effect that the local readout does measure."
+        )
+    nb, full_r = by_phi.get("PAS exact next-block"), by_phi.get("PAS exact full")
+    if nb is not None and full_r is not None:
+        out.append(
+            "The next-block readout (the model above the planted layer; the neurons ablated at the readout "
+            "position only) contains the AND readers of the next layer: "
+            f"{100 * nb['and_fraction_positive']:.0f}% of AND pairs positive, {100 * nb['or_fraction_negative']:.0f}% "
+            f"of OR pairs negative, P@K {nb['precision_at_k']:.2f}, against {100 * full_r['and_fraction_positive']:.0f}%, "
+            f"{100 * full_r['or_fraction_negative']:.0f}% and {full_r['precision_at_k']:.2f} for the full readout "
+            f"(ablated at every position; {nb['inputs']} and {full_r['inputs']} inputs)."
         )
     for key in ("OCA tokens", "OCA last"):
         tc = next((r for r in parts if r["phi"] == key and r["method"] == "TopCover" and r["k"] == 2), None)
@@ -675,6 +734,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--phi-inputs", type=int, default=64, help="inputs for OCA and the local PAS")
     parser.add_argument("--full-inputs", type=int, default=16, help="inputs for PAS with the full readout")
+    parser.add_argument(
+        "--next-block-inputs", type=int, default=16, help="inputs for PAS with the next-block readout"
+    )
     parser.add_argument("--ks", default="1,2,4")
     parser.add_argument(
         "--min-z", default="3,6", help="thresholds of the thresholded game, on the φ with standard errors"
@@ -691,7 +753,8 @@ def main(argv: list[str] | None = None) -> None:
     args.min_z = [float(z) for z in args.min_z.split(",") if z.strip()]
     work = Path(args.work).expanduser()
     if not args.render_only:
-        shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a]
+        # the quoted command: what determines the numbers (--no-docs only decides where they go)
+        shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a and a != "--no-docs"]
         command = "python benchmarks/bench_recovery.py " + " ".join(shlex.quote(a) for a in shown)
         run_model(args, command.strip())
     if not args.no_docs:
