@@ -115,8 +115,14 @@ def test_chunks_masks_and_ablation_at_last_layer():
         masks[row, members] = True
     chunked = ablation_logits(merged, batch, 2, masks, reference=reference, max_batch=7)
     torch.testing.assert_close(chunked, one_pass, atol=1e-6, rtol=1e-6)
-    local = ablation_logits(merged, batch, 2, SETS, reference=reference, readout="local")
-    torch.testing.assert_close(local, one_pass, atol=1e-6, rtol=1e-6)
+    # on_pass reports each pass's sets: 7 // 3 = 2 sets per pass (rows = sets x 3 inputs <= 7),
+    # at the last layer (the head reads the ablated block: run per set) and below it (rebuilt)
+    for layer in (2, 1):
+        passes: list[int] = []
+        ablation_logits(
+            merged, batch, layer, SETS, reference=mlp_weights(base, layer), max_batch=7, on_pass=passes.append
+        )
+        assert passes == [2, 2, 2, 1]
     assert ablation_logits(merged, batch, 2, [], reference=reference).shape == (0, 3)
 
 

@@ -277,3 +277,28 @@ def test_null_pairs_per_query_spreads_the_nulls_subsample_over_more_queries(neur
     design = [{"layer": LAYER, "null_bins": [0], "null_pairs": 6, "null_queries": 3, "null_rows": 1, "rest_rows": 1}]
     assert "from 3 queries (at most 2 pairs of each, a seeded draw)" in design_sentences(design, spread_cfg, "a")[1]
     assert "from 3 whole queries" in design_sentences(design, cfg, "a")[1]
+
+
+def test_layer_outputs_shows_progress_within_a_batch(neuron_model):
+    """The progress bar (counted in pairs) moves while one batch runs its many ablation sets (the
+    single neurons, the null), and adds up to the number of pairs exactly."""
+    from hedonic_neurons.evaluate.passes import layer_outputs
+
+    nm, test, _ = neuron_model
+
+    class Counter:
+        def __init__(self):
+            self.steps = []
+
+        def update(self, n):
+            self.steps.append(n)
+
+    bar = Counter()
+    null_sets = [[i, (i + 5) % N] for i in range(N)]
+    layer_outputs(
+        nm, test, LAYER, [[0, 1, 2], [3, 4]], sub=np.arange(6), syn=np.arange(3), null_sets=null_sets,
+        null_bins=np.zeros(N, dtype=np.int64), singles=list(range(N)), mode="zero", batch_size=3, max_rows=12,
+        progress=bar,
+    )  # fmt: skip
+    assert sum(bar.steps) == len(test) and all(isinstance(s, int) and s > 0 for s in bar.steps)
+    assert len(bar.steps) > 3  # 3 batches (syn, sub, rest), each of 3 pairs, show more than one step each

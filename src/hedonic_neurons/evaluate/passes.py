@@ -58,6 +58,28 @@ class LayerOutputs:
 
 
 @torch.no_grad()
+class _Ticker:
+    """Advances ``progress`` (counted in pairs) by a batch's ``pairs`` in proportion to the
+    ablation sets finished so far, so a batch that runs thousands of sets (the single neurons,
+    the null) shows progress while it runs; whole steps only, the rest at :meth:`finish`."""
+
+    def __init__(self, progress: Any, pairs: int, sets: int) -> None:
+        self.progress, self.pairs, self.sets = progress, pairs, max(sets, 1)
+        self.done, self.shown = 0, 0
+
+    def __call__(self, n_sets: int) -> None:
+        self.done += n_sets
+        self._show(min(self.pairs, self.pairs * self.done // self.sets))
+
+    def finish(self) -> None:
+        self._show(self.pairs)
+
+    def _show(self, upto: int) -> None:
+        if self.progress is not None and upto > self.shown:
+            self.progress.update(upto - self.shown)
+            self.shown = upto
+
+
 def layer_outputs(
     nm: NeuronModel,
     pairs: Sequence[Any],
@@ -113,12 +135,13 @@ def layer_outputs(
         max_batch=max_rows,
     )
 
-    def run(sets: list[list[int]], batch: dict, what: str, idx: np.ndarray) -> np.ndarray:
+    def run(sets: list[list[int]], batch: dict, what: str, idx: np.ndarray, tick: Any = None) -> np.ndarray:
         if not sets:
             return np.zeros((0, batch["attention_mask"].shape[0]))
         t0 = time.perf_counter()
         rows_fill = None if fills is None else fills[torch.as_tensor(idx)]
-        out = ablation_logits(nm.model, batch, layer, sets, fills=rows_fill, **kw).double().cpu().numpy()
+        out = ablation_logits(nm.model, batch, layer, sets, fills=rows_fill, on_pass=tick, **kw)
+        out = out.double().cpu().numpy()
         seconds[what] += time.perf_counter() - t0
         rows[what] += len(sets) * out.shape[1]
         return out
@@ -132,14 +155,14 @@ def layer_outputs(
             idx = idx_all[start : start + batch_size]
             batch = encode_pairs(nm, [pairs[int(i)] for i in idx])
             sets = main_sets + single_sets if part == "syn" else main_sets
-            out = run(sets, batch, "rest", idx)
+            tick = _Ticker(progress, len(idx), len(sets) + (len(null_sets) if part != "rest" else 0))
+            out = run(sets, batch, "rest", idx, tick)
             main[:, idx] = out[: len(main_sets)]
             if part == "syn":
                 single[:, np.searchsorted(syn, idx)] = out[len(main_sets) :]
             if part != "rest":
-                null[:, np.searchsorted(sub, idx)] = run([list(s) for s in null_sets], batch, "null", idx)
-            if progress is not None:
-                progress.update(len(idx))
+                null[:, np.searchsorted(sub, idx)] = run([list(s) for s in null_sets], batch, "null", idx, tick)
+            tick.finish()
     return LayerOutputs(
         mode=mode,
         coalitions=list(uniq),

@@ -201,6 +201,7 @@ def ablation_logits(
     max_batch: int | None = None,
     reuse_prefix: bool = True,
     rebuild_layer: bool = True,
+    on_pass: Callable[[int], Any] | None = None,
 ) -> torch.Tensor:
     """Logits with each neuron set of ``layer`` ablated, (len(neuron_sets), B); no gradient.
 
@@ -222,6 +223,8 @@ def ablation_logits(
     ``reuse_prefix``): where the architecture adds the MLP's output back in a known way
     (``ArchSpec.mlp_output``) and the head reads a later layer, run block ``layer`` once per batch
     too and rebuild its output per set (same result up to float rounding); False runs it per set.
+    ``on_pass``: called after each forward pass with the number of sets it finished (progress
+    within one call that runs many passes).
 
     Inside :func:`ablate` the neurons it ablates stay ablated here too; a set may not contain one
     of them (it would be ablated twice).
@@ -257,27 +260,22 @@ def ablation_logits(
             if got is None:  # the forward bypassed the stand-ins: run every block per set below
                 break
             out.append(got)
+            if on_pass is not None:
+                on_pass(got.shape[0])
         else:
             return torch.cat(out, 0)
     prefix = prefix_output(model, inputs, layer) if reuse_prefix and layer > 0 and len(masks) else None
-    out = [
-        _ablated_pass(
-            model,
-            mods,
-            inputs,
-            masks[start : start + per_pass],
-            mode,
-            reference,
-            means,
-            layer,
-            head_layer,
-            head,
-            positions,
-            prefix,
-            fills,
-        )
-        for start in range(0, len(masks), per_pass)
-    ]
+    out = []
+    for start in range(0, len(masks), per_pass):
+        chunk = masks[start : start + per_pass]
+        out.append(
+            _ablated_pass(
+                model, mods, inputs, chunk, mode, reference, means, layer, head_layer, head, positions,
+                prefix, fills,
+            )
+        )  # fmt: skip
+        if on_pass is not None:
+            on_pass(len(chunk))
     if not out:
         return torch.zeros(0, batch_size, device=device)
     return torch.cat(out, 0)
