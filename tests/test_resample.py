@@ -411,11 +411,12 @@ def test_resampling_ablates_every_resamples_coalitions_in_one_pass(resampled, tm
     shutil.copytree(resampled.out, folder)
     shutil.rmtree(folder / "evaluation")
     (folder / "evaluation.json").unlink()
-    real, calls = passes.layer_outputs, []
+    real, calls, bars = passes.layer_outputs, [], []
 
     def counting(*args, **kwargs):
         if any(f.function == "resample_layer" for f in inspect.stack()):
             calls.append(len(args[3]))
+            bars.append(kwargs.get("progress"))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(passes, "layer_outputs", counting)
@@ -423,6 +424,8 @@ def test_resampling_ablates_every_resamples_coalitions_in_one_pass(resampled, tm
     run.run()
     modes = _evaluation(run)["ablation_modes"]
     assert len(calls) <= len(modes) * len(run.cfg.layers)
+    # the pass shows its own progress bar, counted in test pairs (per mode)
+    assert bars and all(b is not None and b.total == len(run.test) * len(modes) for b in bars)
     picked = {
         tuple(c) for entry in _evaluation(run)["phi_resampling"]["layers"] for r in entry["chosen"]
         for cs in r.values() for c in cs

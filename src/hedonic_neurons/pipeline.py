@@ -456,14 +456,14 @@ class Pipeline:
         extrinsic: dict[str, list[Any]] = {m: [] for m in hedonic}
         cost = {"null_rows": 0, "rest_rows": 0}  # sequences forwarded (seconds: the design's phi_resample)
 
-        def extend(outputs: Any, sets: list[Any]) -> dict[str, Any]:  # per mode, resample_outputs
+        def extend(outputs: Any, sets: list[Any], bar: Any = None) -> dict[str, Any]:  # per mode
             got = {}
             for mode in outputs:
                 got[mode] = resample_outputs(
                     self.nm, layer, self.test, outputs[mode], sets, bins=ctx.bins, null_sets=config.null_sets,
                     seed=seed, mode=mode, reference=reference if mode == "reference" else None,
                     means=means if mode == "mean" else None, fills=fills if mode == "resample" else None,
-                    batch_size=cfg.phi.batch_size,
+                    batch_size=cfg.phi.batch_size, progress=bar,
                 )  # fmt: skip
             return got
 
@@ -475,7 +475,16 @@ class Pipeline:
             f"layer {layer}: ablating the {len({tuple(sorted(c)) for c in picked})} coalitions "
             f"the {n} φ resamples pick, in one pass"
         )
-        pooled = extend(ctx.outputs, picked)
+        from tqdm.auto import tqdm
+
+        with tqdm(
+            total=len(self.test) * len(ctx.outputs),
+            desc=f"φ resampling, layer {layer}",
+            unit="pair",
+            leave=False,
+            disable=not self.progress,
+        ) as bar:
+            pooled = extend(ctx.outputs, picked, bar)
         for out in pooled.values():  # forward passes of the resampling (extra null bins under null)
             for part in ("null", "rest"):
                 cost[f"{part}_rows"] += int(out.rows.get(part, 0))

@@ -111,6 +111,7 @@ def resample_outputs(
     means: Any = None,
     fills: Any = None,
     batch_size: int = 16,
+    progress: Any = None,
 ) -> LayerOutputs:
     """The main evaluation's outputs (``main``, one ablation mode) extended to ``coalitions``.
 
@@ -121,7 +122,8 @@ def resample_outputs(
     (``bins``: lower end, bins per octave) the main null does not cover (on ``main``'s
     subsample; seeded by ``seed`` and ``layer``). Unablated and whole-layer outputs, the
     subsamples and the main null are ``main``'s, so every figure computed from the result is
-    paired with the main evaluation's on the same pairs.
+    paired with the main evaluation's on the same pairs. ``progress``: a bar (``update(pairs)``)
+    for the pass, as :func:`~hedonic_neurons.evaluate.passes.layer_outputs` takes it.
     """
     from hedonic_neurons.evaluate.null import random_sets, size_bin
     from hedonic_neurons.evaluate.passes import LayerOutputs, layer_outputs
@@ -148,6 +150,7 @@ def resample_outputs(
         got = layer_outputs(
             nm, test, layer, new, sub=main.sub, null_sets=extra_sets, null_bins=extra_bins, singles=singles,
             syn=main.syn, mode=mode, reference=reference, means=means, fills=fills, batch_size=batch_size,
+            progress=progress,
         )  # fmt: skip
     ablated = np.stack(
         [main.ablated[main.row_of(c)] if c in known else got.ablated[got.row_of(c)] for c in uniq]
