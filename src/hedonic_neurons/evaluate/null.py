@@ -87,8 +87,7 @@ def query_subsample(
     for i, q in enumerate(qids):
         by_q.setdefault(q, []).append(i)
     order = sorted(by_q)
-    rng = np.random.default_rng(seed)
-    rng.shuffle(order)
+    np.random.default_rng(seed).shuffle(order)
     if per_query is not None:
         draw = np.random.default_rng([seed, 1])
         by_q = {

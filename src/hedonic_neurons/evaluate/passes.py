@@ -57,7 +57,6 @@ class LayerOutputs:
         self._index = {c: k for k, c in enumerate(self.coalitions)}
 
 
-@torch.no_grad()
 class _Ticker:
     """Advances ``progress`` (counted in pairs) by a batch's ``pairs`` in proportion to the
     ablation sets finished so far, so a batch that runs thousands of sets (the single neurons,
@@ -80,6 +79,7 @@ class _Ticker:
             self.shown = upto
 
 
+@torch.no_grad()
 def layer_outputs(
     nm: NeuronModel,
     pairs: Sequence[Any],
