@@ -21,7 +21,11 @@ def evaluation_without_timing(folder) -> dict:
 def test_a_killed_evaluation_resumes_at_the_unfinished_layer(tmp_path, monkeypatch):
     import hedonic_neurons.evaluate.layer as layer_mod
 
-    cfg = tiny_run_config(tmp_path, [1, 2], {"seeds": [0, 1, 2], "phi_resamples": 0, "attribution": False, "certify_samples": 100})
+    cfg = tiny_run_config(
+        tmp_path,
+        [1, 2],
+        {"seeds": [0, 1, 2], "phi_resamples": 0, "attribution": False, "certify_samples": 100},
+    )
     out = tmp_path / "run"
     run(cfg, out, progress=False, stop_after="evaluate")
     reference = evaluation_without_timing(out)
@@ -54,3 +58,46 @@ def test_a_killed_evaluation_resumes_at_the_unfinished_layer(tmp_path, monkeypat
     run(cfg, out, progress=False, stop_after="evaluate")
     assert evaluated == [1]
     assert evaluation_without_timing(out) == reference
+
+
+def test_an_evaluation_knob_reuses_the_partitions_and_tracking_but_not_the_evaluation(tmp_path, monkeypatch):
+    """The partitions and tracking stages read only ``evaluate.seeds`` of the evaluate section:
+    a changed evaluation setting re-runs the evaluation alone; changed seeds re-run partitions."""
+    import hedonic_neurons.evaluate.layer as layer_mod
+    import hedonic_neurons.pipeline as pipeline_mod
+    import hedonic_neurons.tracking.run as track_mod
+
+    knobs = {"seeds": [0, 1, 2], "phi_resamples": 0, "attribution": False, "certify_samples": 100}
+    out = tmp_path / "run"
+    run(tiny_run_config(tmp_path, [1, 2], knobs), out, progress=False, stop_after="evaluate")
+    assert (out / "tracking").is_dir()
+
+    calls: dict[str, int] = {"partition": 0, "track": 0, "evaluate": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(pipeline_mod, "partition_layer", counted("partition", pipeline_mod.partition_layer))
+    monkeypatch.setattr(track_mod, "track_model", counted("track", track_mod.track_model))
+    monkeypatch.setattr(layer_mod, "evaluate_layer", counted("evaluate", layer_mod.evaluate_layer))
+
+    run(
+        tiny_run_config(tmp_path, [1, 2], {**knobs, "certify_samples": 200}),
+        out,
+        progress=False,
+        stop_after="evaluate",
+    )
+    assert calls == {"partition": 0, "track": 0, "evaluate": 2}
+
+    run(
+        tiny_run_config(tmp_path, [1, 2], {**knobs, "seeds": [0, 1, 2, 3]}),
+        out,
+        progress=False,
+        stop_after="evaluate",
+    )
+    assert calls["partition"] == 2 and calls["track"] > 0  # one call per layer, every method re-tracked
+    assert (out / "partitions" / "random" / "seed3" / "layer1.json").is_file()

@@ -582,6 +582,17 @@ class Pipeline:
             [self.nm.identity, self.nm.input_format.to_dict(), self.cfg.section_key(*base, *sections)]
         )
 
+    def _partitions_key(self, *sections: str) -> str:
+        """Cache key of the partitions stage (and, with ``"tracking"``, of tracking): φ, the game,
+        the baselines and, of the ``evaluate`` section, only ``evaluate.seeds``, the one setting
+        they read, so changing an evaluation knob (null size, selection rule, ...) re-runs the
+        evaluation but reuses the partitions and their tracking."""
+        from hedonic_neurons.cachekey import cache_key
+
+        return cache_key(
+            [self._model_key("phi", "game", "baselines", *sections), list(self.cfg.evaluate.seeds)]
+        )
+
     @property
     def methods(self) -> list[str]:
         """The partitions the run compares: ``hedonic-<metric>`` per φ metric, then the baselines."""
@@ -618,7 +629,7 @@ class Pipeline:
 
         cfg = self.cfg
         g = cfg.game
-        stage = Stage(self.out / "partitions", self._model_key("phi", "game", "baselines", "evaluate"))
+        stage = Stage(self.out / "partitions", self._partitions_key())
         if stage.done():
             return
         import shutil
@@ -664,7 +675,7 @@ class Pipeline:
         inputs = None  # E|a_p| and the flow's inputs: computed once, for the first method to track
         for method in self.methods:
             folder = self.out / "tracking" / method
-            stage = Stage(folder, self._model_key("phi", "game", "baselines", "evaluate", "tracking"))
+            stage = Stage(folder, self._partitions_key("tracking"))
             if not stage.done():
                 _log(f"tracking {method}")
                 if inputs is None:
