@@ -43,7 +43,7 @@ def _setup(family: str, *, scale: float = 0.5):
 
 def _brute_local(nm, batch, zero: bool = False):
     """ℓ_S for ∅, every single and every pair, each by weight surgery and a forward pass."""
-    head = local_head(nm.model, LAYER)
+    head = local_head(nm.model, LAYER, score_token_id=getattr(nm, "score_token_id", None))
     n = nm.n_neurons
     with torch.no_grad():
         ell = {(): head(residual_at(nm.model, batch, LAYER)).double()}
@@ -86,6 +86,25 @@ def test_exact_local_pas_equals_weight_surgery_for_every_pair(family, kind):
         i, j = sets[a][0], sets[b][0]
         delta = (logits[0] - logits[a] - logits[b] + logits[ab]).mean()
         assert float(phi[i, j]) == pytest.approx(PAS_SIGN * float(delta), abs=1e-5 * max(1.0, scale))
+
+
+def test_exact_local_pas_on_a_causal_lm_reads_the_score_tokens_logit():
+    """A causal LM without a classification head: the local readout is the score token's logit
+    through the final norm (the collector used to build its head without the token and fail)."""
+    base = scaled_tiny("llama", head="causal")
+    nm = TinyNM(finetuned_copy(base, [LAYER]), base)
+    nm.score_token_id = 11
+    batch = nm.encode([q for q, _ in TEXTS], [p for _, p in TEXTS])
+    collector = _collect_pas(nm, batch, mode="exact")
+    assert collector.head_kind == "gram"
+    phi = collector.sums.mean()
+    want = _brute_local(nm, batch)
+    scale = float(want.abs().max())
+    assert scale > 1e-3
+    assert torch.allclose(phi, want, atol=1e-5 * max(1.0, scale), rtol=0)
+    nm.score_token_id = 12  # another token's logit is another φ
+    other = _collect_pas(nm, batch, mode="exact").sums.mean()
+    assert float((other - phi).abs().max()) > 1e-3 * scale
 
 
 def test_generic_path_equals_closed_form():
