@@ -15,14 +15,16 @@ For each model and layer this measures, in one run:
 
 Models: MiniLM (BERT) with the CQTR adapter of ``runs/finetune/minilm-cqtr-s0`` when it exists
 (reference ablation; otherwise zero ablation and MiniLM's random head), and SmolLM2-135M (LLaMA)
-with its causal head (the score token's logit) under zero ablation. These are the two
+with the CQTR adapter of ``runs/finetune/smollm2-cqtr-docfirst`` when it exists (reference
+ablation, its score head, its input template; otherwise zero ablation and the causal head, the
+score token's logit). ``--no-adapter`` measures the base models even where an adapter exists. These are the two
 architectures with trained weights on this machine; Mistral, Qwen2, GPT-NeoX and GPT-2 are
 exercised by the tests on random tiny models, whose φ validity says nothing about a trained
 model, so they are not rows here (every ``hedonic run`` reports its own ``phi_validity``).
 
 Usage::
 
-    python benchmarks/bench_validity.py [--models minilm,smollm2] [--out docs/phi-validity.md]
+    python benchmarks/bench_validity.py [--models minilm,smollm2] [--no-adapter] [--out docs/phi-validity.md]
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ADAPTER = Path("runs/finetune/minilm-cqtr-s0/adapter")
+# name: (adapter used when it exists, its row label); without it: zero ablation on the base model
+ADAPTERS = {
+    "minilm": (Path("runs/finetune/minilm-cqtr-s0/adapter"), "MiniLM + CQTR adapter (seed 0)"),
+    "smollm2": (Path("runs/finetune/smollm2-cqtr-docfirst/adapter"), "SmolLM2-135M + CQTR adapter"),
+}
 SETUPS = {
     # name: (load kwargs, layers, pairs, phi inputs, test inputs)
     "minilm": ({}, [2, 3], 64, 64, 32),
@@ -65,14 +71,14 @@ def inputs(n_phi: int, n_test: int):
     return first, second, source
 
 
-def bench(name: str, next_block_inputs: int) -> list[dict]:
+def bench(name: str, next_block_inputs: int, no_adapter: bool = False) -> list[dict]:
     import hedonic_neurons as hn
     from hedonic_neurons.evaluate.validity import agreement, full_model_deltas, sample_pairs
 
     load_kw, layers, n_pairs, n_phi, n_test = SETUPS[name]
-    if name == "minilm" and ADAPTER.exists():
-        nm, mode = hn.load_model(name, adapter=str(ADAPTER)), "reference"
-        what = "MiniLM + CQTR adapter (seed 0)"
+    adapter, what = ADAPTERS[name]
+    if adapter.exists() and not no_adapter:
+        nm, mode = hn.load_model(name, adapter=str(adapter)), "reference"
     else:
         nm, mode = hn.load_model(name, **load_kw), "zero"
         what = {"minilm": "MiniLM, random head", "smollm2": "SmolLM2-135M, causal head"}[name]
@@ -145,11 +151,12 @@ def main() -> None:
     parser.add_argument("--models", default="minilm,smollm2")
     parser.add_argument("--next-block-inputs", type=int, default=0, help="PAS next-block φ on this many inputs")
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    parser.add_argument("--no-adapter", action="store_true", help="the base models, zero ablation")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
     for name in args.models.split(","):
-        rows += bench(name.strip(), args.next_block_inputs)
+        rows += bench(name.strip(), args.next_block_inputs, args.no_adapter)
     text = table(rows)
     print("\n" + text)
     if args.out is not None:
