@@ -17,14 +17,14 @@ Models: MiniLM (BERT) with the CQTR adapter of ``runs/finetune/minilm-cqtr-s0`` 
 (reference ablation; otherwise zero ablation and MiniLM's random head), and SmolLM2-135M (LLaMA)
 with the CQTR adapter of ``runs/finetune/smollm2-cqtr-docfirst`` when it exists (reference
 ablation, its score head, its input template; otherwise zero ablation and the causal head, the
-score token's logit). ``--no-adapter`` measures the base models even where an adapter exists. These are the two
-architectures with trained weights on this machine; Mistral, Qwen2, GPT-NeoX and GPT-2 are
-exercised by the tests on random tiny models, whose φ validity says nothing about a trained
-model, so they are not rows here (every ``hedonic run`` reports its own ``phi_validity``).
+score token's logit). ``--no-adapter`` measures the base models even where an adapter exists.
+These are the two architectures with trained weights on this machine; Mistral, Qwen2, GPT-NeoX
+and GPT-2 are exercised by the tests on random tiny models, whose φ validity says nothing about a
+trained model, so they are not rows here (every ``hedonic run`` reports its own ``phi_validity``).
 
 Usage::
 
-    python benchmarks/bench_validity.py [--models minilm,smollm2] [--no-adapter] [--out docs/phi-validity.md]
+    python benchmarks/bench_validity.py [--models minilm,smollm2] [--no-adapter] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -36,11 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# name: (adapter used when it exists, its row label); without it: zero ablation on the base model
+# name: (adapter used when it exists, its row label, the base model's row label, zero ablation)
 ADAPTERS = {
-    "minilm": (Path("runs/finetune/minilm-cqtr-s0/adapter"), "MiniLM + CQTR adapter (seed 0)"),
-    "smollm2": (Path("runs/finetune/smollm2-cqtr-docfirst/adapter"), "SmolLM2-135M + CQTR adapter"),
-}
+    "minilm": (
+        Path("runs/finetune/minilm-cqtr-s0/adapter"), "MiniLM + CQTR adapter (seed 0)", "MiniLM, random head"
+    ),
+    "smollm2": (
+        Path("runs/finetune/smollm2-cqtr-docfirst/adapter"), "SmolLM2-135M + CQTR adapter",
+        "SmolLM2-135M, causal head",
+    ),
+}  # fmt: skip
 SETUPS = {
     # name: (load kwargs, layers, pairs, phi inputs, test inputs)
     "minilm": ({}, [2, 3], 64, 64, 32),
@@ -76,12 +81,11 @@ def bench(name: str, next_block_inputs: int, no_adapter: bool = False) -> list[d
     from hedonic_neurons.evaluate.validity import agreement, full_model_deltas, sample_pairs
 
     load_kw, layers, n_pairs, n_phi, n_test = SETUPS[name]
-    adapter, what = ADAPTERS[name]
+    adapter, what, base_what = ADAPTERS[name]
     if adapter.exists() and not no_adapter:
         nm, mode = hn.load_model(name, adapter=str(adapter)), "reference"
     else:
-        nm, mode = hn.load_model(name, **load_kw), "zero"
-        what = {"minilm": "MiniLM, random head", "smollm2": "SmolLM2-135M, causal head"}[name]
+        nm, mode, what = hn.load_model(name, **load_kw), "zero", base_what
     phi_inputs, test_inputs, source = inputs(n_phi, n_test)
     rows = []
     for layer in layers:

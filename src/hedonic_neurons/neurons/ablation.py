@@ -243,10 +243,9 @@ def ablation_logits(
     _check_not_ablated(mods.down, layer, masks.any(0).nonzero().squeeze(1).tolist())
     reference, means = _mode_weights(mode, owner, layer, n, reference, means, device)
     fills = check_fills(mode, fills, batch_size, n, device)
-    if score_token_id is None and owner is not None:
-        score_token_id = getattr(owner, "score_token_id", None)
     head_layer = layer if readout == "local" else n_layers(model) - 1
-    head = local_head(model, head_layer, norm=norm, score_token_id=score_token_id)
+    source = model if owner is None else owner  # a NeuronModel brings its score token
+    head = local_head(source, head_layer, norm=norm, score_token_id=score_token_id)
     positions = readout_positions(model, mask)
     per_pass = max(1, len(masks) if not max_batch else int(max_batch) // batch_size)
     if reuse_prefix and rebuild_layer and len(masks) and _layer_is_additive(mods, layer, head_layer):

@@ -112,7 +112,7 @@ class LocalHead:
 
 
 def local_head(
-    model: nn.Module,
+    model: Any,
     layer: int,
     *,
     norm: bool = True,
@@ -121,10 +121,17 @@ def local_head(
 ) -> LocalHead:
     """The model's own head for the residual after block ``layer`` (see the module docstring).
 
-    ``score_token_id``: for ``*ForCausalLM`` only, the token whose logit is the score (required).
-    ``dtype``: evaluate the head in this dtype (copies of the norm / pooler / weights), e.g.
-    ``torch.float64`` for exact synergy computations; default: the model's own parameters.
+    ``model``: a torch model or a :class:`~hedonic_neurons.models.NeuronModel` (its ``.model``).
+    ``score_token_id``: for ``*ForCausalLM`` only, the token whose logit is the score (required;
+    default for a NeuronModel: its own). ``dtype``: evaluate the head in this dtype (copies of the
+    norm / pooler / weights), e.g. ``torch.float64`` for exact synergy computations; default: the
+    model's own parameters.
     """
+    from hedonic_neurons.neurons.ablation import torch_model_of  # ablation imports this module
+
+    model, owner = torch_model_of(model)
+    if score_token_id is None and owner is not None:
+        score_token_id = getattr(owner, "score_token_id", None)
     hf = hf_model(model)
     spec = get_spec(hf)
     layer = check_layer(model, layer)

@@ -414,9 +414,7 @@ class PASCollector(SynergyMetric):
                 self.pairs = sample_pairs(nm.n_neurons, settings.max_pairs, settings.seed)
             self.head_kind = "next-block"
             return
-        self.head = local_head(  # copies: safe to freeze
-            nm.model, layer, dtype=torch.float32, score_token_id=getattr(nm, "score_token_id", None)
-        )
+        self.head = local_head(nm, layer, dtype=torch.float32)  # copies: safe to freeze
         for module in (self.head.norm, self.head.pooler):
             if module is not None:
                 module.requires_grad_(False)
