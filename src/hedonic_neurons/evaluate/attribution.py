@@ -65,7 +65,7 @@ def _batch_gradient(
     model = nm.model
     mods = mlp_modules(model, layer)
     last = n_layers(model) - 1
-    head = local_head(nm, last)
+    head = local_head(model, last, score_token_id=getattr(nm, "score_token_id", None))
     inputs = model_inputs(encode_pairs(nm, chunk))
     mask = inputs["attention_mask"]
     positions = readout_positions(model, mask)
