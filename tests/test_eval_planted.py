@@ -125,6 +125,8 @@ def test_effects_rise_with_importance_and_the_attribution_baseline_finds_the_gro
     assert len(set(attr) & set(planted[0])) >= SIZE - 1
     # the null costs at most twice the rest of the passes (sequences forwarded)
     assert 0 < ctx.timing["null_rows"] <= 2 * ctx.timing["rest_rows"]
+    # each evaluation's own seconds are recorded (the design in evaluation.json reports them)
+    assert all(ctx.timing[f"seconds_{name}"] >= 0 for name in ("effects", "null", "synergy"))
 
 
 def test_the_planted_and_group_is_non_additive_and_complementary(evaluated):

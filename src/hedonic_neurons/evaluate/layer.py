@@ -267,7 +267,15 @@ def evaluate_layer(
         "null_rows": sum(o.rows["null"] for o in outputs.values()),
         "rest_rows": sum(o.rows["rest"] for o in outputs.values()),
     }
-    results = {name: ev.evaluate(ctx) for name, ev in zip(config.evaluations, evaluations)}
+    results = {}
+    for name, ev in zip(config.evaluations, evaluations):
+        # the passes advanced the bar; an evaluation that runs passes of its own (phi_validity's
+        # full-model ablations) shows its name there, and each one's seconds go to the design
+        if hasattr(progress, "set_postfix"):
+            progress.set_postfix(layer=layer, step=name)
+        t0 = time.perf_counter()
+        results[name] = ev.evaluate(ctx)
+        ctx.timing[f"seconds_{name}"] = time.perf_counter() - t0
     return results, ctx
 
 
