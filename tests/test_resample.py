@@ -19,11 +19,10 @@ from hedonic_neurons.errors import ConfigError, HedonicError
 from hedonic_neurons.partition import Partition
 from hedonic_neurons.pipeline import Pipeline, task_values
 from hedonic_neurons.synergy.collect import CollectSettings, collect, phi_path
+from test_evaluate_resume import drop_timing
 from test_pipeline import tiny_run_config
 
 R = 3
-TIMING = ("null", "rest", "attribution", "phi_resample")  # wall-clock seconds in the evaluation's design records
-# (besides these, each evaluation's own seconds, as ``seconds_<evaluation>``)
 
 
 def _config(tmp: Path, resamples: int) -> Path:
@@ -240,10 +239,7 @@ def _without_resampling(doc: dict) -> dict:
         for row in rows:
             for key in [k for k, v in row.items() if _is_phi(v)]:
                 row.pop(key)
-    for d in doc["design"]:
-        for key in [k for k in d if k in TIMING or k.startswith("seconds_")]:
-            d.pop(key)
-    return doc
+    return drop_timing(doc)
 
 
 def test_zero_resamples_changes_nothing(resampled, plain):
