@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hedonic_neurons.pipeline import run
 from test_loading import tiny_run_config
 
@@ -25,9 +27,10 @@ def evaluation_without_timing(folder) -> dict:
     return drop_timing(json.loads((folder / "evaluation.json").read_text()))
 
 
-def test_a_killed_evaluation_resumes_at_the_unfinished_layer(tmp_path, monkeypatch):
-    import hedonic_neurons.evaluate.layer as layer_mod
-
+def killed_during_layer2(tmp_path):
+    """(config, run folder, the whole run's evaluation) of a tiny run on layers 1-2 whose
+    evaluation is then put back to a kill during layer 2: layer 1's file is there, the stage is
+    not finished."""
     cfg = tiny_run_config(
         tmp_path,
         [1, 2],
@@ -35,14 +38,20 @@ def test_a_killed_evaluation_resumes_at_the_unfinished_layer(tmp_path, monkeypat
     )
     out = tmp_path / "run"
     run(cfg, out, progress=False, stop_after="evaluate")
-    reference = evaluation_without_timing(out)
-    assert {d["layer"] for d in reference["design"]} == {1, 2}
-
-    # a kill during layer 2's evaluation: layer 1's file is there, the stage is not finished
+    whole = json.loads((out / "evaluation.json").read_text())
+    assert {d["layer"] for d in whole["design"]} == {1, 2}
     (out / "evaluation.json").unlink()
     (out / "evaluation" / "stage.json").unlink()
     (out / "evaluation" / "layer2.json").unlink()
     assert (out / "evaluation" / "layer1.json").is_file()
+    return cfg, out, whole
+
+
+def test_a_killed_evaluation_resumes_at_the_unfinished_layer(tmp_path, monkeypatch):
+    import hedonic_neurons.evaluate.layer as layer_mod
+
+    cfg, out, whole = killed_during_layer2(tmp_path)
+    reference = drop_timing(whole)
 
     real = layer_mod.evaluate_layer
     evaluated: list[int] = []
@@ -108,3 +117,43 @@ def test_an_evaluation_knob_reuses_the_partitions_and_tracking_but_not_the_evalu
     )
     assert calls["partition"] == 2 and calls["track"] > 0  # one call per layer, every method re-tracked
     assert (out / "partitions" / "random" / "seed3" / "layer1.json").is_file()
+
+
+def test_report_finished_reports_the_saved_layers_of_a_stopped_run(tmp_path, monkeypatch):
+    """``--report-finished`` on a run stopped during layer 2's evaluation: a report over layer 1
+    alone, marked partial, from layer 1's saved file (nothing is evaluated), equal to the layer-1
+    part of the whole run; a folder with no finished layer is refused before any work."""
+    import hedonic_neurons.evaluate.layer as layer_mod
+    from hedonic_neurons.errors import ConfigError
+
+    cfg, out, whole = killed_during_layer2(tmp_path)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("--report-finished evaluated a layer")
+
+    monkeypatch.setattr(layer_mod, "evaluate_layer", no_evaluation)
+    report = run(cfg, out, progress=False, report_finished=True)
+    assert report == out / "report.html" and report.is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["layers"] == [1] and results["layers_configured"] == [1, 2]
+    assert any(b.startswith("PARTIAL RUN: the evaluation has finished layers [1] of [1, 2]") for b in results["banner"])
+    assert "PARTIAL RUN" in (out / "report.md").read_text()
+    assert set(results["sizes"]["random"]) == {"1"}
+    # the tables are those of layer 1: its saved rows are what the report read
+    from hedonic_neurons.evaluate.base import EVALUATIONS
+
+    expected: dict = {}
+    for name, got in whole["evaluations"].items():
+        layer1 = [r for r in got if r["layer"] == 1]
+        assert layer1 and len(layer1) < len(got)
+        expected.update(EVALUATIONS.get(name)().tables(layer1))
+    assert json.loads(json.dumps(expected)) == results["evaluation_tables"]
+    assert not (out / "evaluation.json").exists()  # the stage is still unfinished: a rerun resumes
+
+    # nothing finished: one clear error, and the stages before the evaluation are not started
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError, match="nothing to report yet: no layer of .* has finished"):
+        run(cfg, fresh, progress=False, report_finished=True)
+    assert not (fresh / "phi").exists()
+    with pytest.raises(ConfigError, match="cannot be combined with --stop-after"):
+        run(cfg, out, progress=False, report_finished=True, stop_after="phi")

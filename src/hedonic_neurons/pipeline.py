@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,43 @@ def _extrinsic_replicates(row: dict[str, Any]) -> dict[str, Any]:
         for field, values in by.items():
             out[f"{pos}/{field}"] = {"point": row["by_position"][pos][field], "replicates": values.tolist()}
     return out
+
+
+@dataclass
+class _Evaluated:
+    """The evaluation of the layers done so far, as the per-layer files hold it."""
+
+    rows: list[dict[str, Any]]  # the extrinsic rows (hedonic_neurons.evaluate.extrinsic)
+    evaluations: dict[str, list[dict[str, Any]]]  # each registered evaluation's rows
+    design: list[dict[str, Any]] = dataclass_field(default_factory=list)  # per layer: targets, null, timings
+    ceilings: list[dict[str, Any]] = dataclass_field(default_factory=list)  # ridge on every neuron / top PCs
+    resampled: list[dict[str, Any]] = dataclass_field(default_factory=list)  # φ-data resampling, per layer
+
+    @classmethod
+    def empty(cls, evaluations: Sequence[str]) -> _Evaluated:
+        return cls(rows=[], evaluations={name: [] for name in evaluations})
+
+    def add(self, saved: dict[str, Any], *, resampling: bool) -> None:
+        """One layer's saved file (``evaluation/layer<L>.json``)."""
+        self.rows.extend(saved["rows"])
+        self.ceilings.extend(saved["ceilings"])
+        self.design.append(saved["design"])
+        for name, got in self.evaluations.items():
+            got.extend(saved["evaluations"].get(name, []))
+        if resampling:
+            self.resampled.append(saved["resampled"])
+
+
+def _layer_file(out: Path, layer: int) -> Path:
+    """Where the evaluation stage saves a finished layer."""
+    return out / "evaluation" / f"layer{layer}.json"
+
+
+def _saved_layer(stage: Stage, layer: int) -> dict[str, Any] | None:
+    """A layer's saved evaluation when it was made with this stage's key, else None."""
+    path = _layer_file(stage.folder.parent, layer)
+    saved = read_json(path) if path.is_file() else None
+    return saved if saved is not None and saved.get("key") == stage.key else None
 
 
 class Stage:
@@ -169,10 +207,15 @@ class Pipeline:
 
     # -- stages ---------------------------------------------------------------------------------
 
-    def run(self, stop_after: str | None = None) -> Path:
+    def run(self, stop_after: str | None = None, *, report_finished: bool = False) -> Path:
         """Every stage in order (or up to ``stop_after``). Returns ``report.html``, or the output
         folder when stopped before the report. The config is expected checked
-        (:func:`hedonic_neurons.validation.check_run`, as :func:`run` does)."""
+        (:func:`hedonic_neurons.validation.check_run`, as :func:`run` does).
+
+        ``report_finished``: instead of evaluating the layers still to do, write the report from
+        the layers whose evaluation is saved (a stopped run; :meth:`finished_evaluation`), marked
+        as partial. The stages before the evaluation must be those of this config (they are
+        reused from their files); a folder with no finished layer is refused before any work."""
         cfg = self.cfg
         from hedonic_neurons.models import load_model
 
@@ -187,6 +230,8 @@ class Pipeline:
             raise ConfigError("task 'rm' needs relevance labels (qrels) for the test data")
         for metric in cfg.phi.metrics if cfg.evaluate.phi_resamples else ():  # φ resampling: enough pairs
             self.resample_subsets(metric)
+        if report_finished and not any(_layer_file(self.out, layer).is_file() for layer in cfg.layers):
+            raise self._nothing_finished()  # before any work (the layer files' keys are read later)
         _log(f"output folder: {self.out}")
         write_json(self.out / "config.json", {**cfg.model_dump(mode="json"), "provenance": provenance()})
         adapter = self.stage_finetune()
@@ -204,7 +249,13 @@ class Pipeline:
             ("report", self.stage_report),
         ]
         assert ("finetune", *(name for name, _ in steps)) == RUN_STAGES
+        if report_finished:
+            self.finished_evaluation()  # refuses a run with no finished layer before any work
         for name, fn in steps:
+            if report_finished and name == "evaluate":
+                self.evaluation, layers = self.finished_evaluation()
+                self.stage_report(layers=layers)
+                break
             fn()
             if stop_after == name and name != "report":
                 return self.out
@@ -425,7 +476,7 @@ class Pipeline:
         cfg, ev = self.cfg, self.cfg.evaluate
         seed, n = ev.seeds[0], ev.phi_resamples
         hedonic = [hedonic_method(m) for m in cfg.phi.metrics]
-        phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
+        phi_metric = self.synergy_metric
         parts = [self.resampled_partitions(layer, r) for r in range(n)]
         # baselines do not depend on φ: random is re-matched to each resample's targets (the
         # hedonic rows' paired comparison), and a given partition, when it is the reference, sets them
@@ -605,8 +656,7 @@ class Pipeline:
         else the hedonic PAS partition (the first metric's when PAS is not computed)."""
         if "given" in self.cfg.baselines:
             return "given"
-        metrics = self.cfg.phi.metrics
-        return hedonic_method("pas" if "pas" in metrics else metrics[0])
+        return hedonic_method(self.synergy_metric)
 
     def partition_path(self, method: str, seed: int, layer: int) -> Path:
         return self.out / "partitions" / method / f"seed{seed}" / f"layer{layer}.json"
@@ -716,24 +766,19 @@ class Pipeline:
         cfg = self.cfg
         ev = cfg.evaluate
         path = self.out / "evaluation.json"
-        stage = Stage(self.out / "evaluation", self._model_key("phi", "game", "baselines", "evaluate"))
+        stage = self._evaluation_stage()
         if stage.done():
             self.evaluation = read_json(path)
             return
         y_train = task_values(cfg.task, self.train, self.train_qrels)
         y_test = task_values(cfg.task, self.test, self.test_qrels)
         data = ExtrinsicData.build(cfg.task, self.train, self.test, y_train, y_test, self.test_qrels)
-        phi_metric = "pas" if "pas" in cfg.phi.metrics else cfg.phi.metrics[0]
-        rows: list[dict[str, Any]] = []
-        ev_cfg, modes = ev, list(ev.ablation_modes)
-        if not self.nm.has_reference and "reference" in modes:
-            # no reference weights (no adapter, no reference checkpoint): zero ablation instead
-            modes = list(dict.fromkeys("zero" if m == "reference" else m for m in modes))
-            ev_cfg = ev.model_copy(update={"ablation_modes": modes})
-        new_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ev.evaluations}
-        design: list[dict[str, Any]] = []
-        ceilings: list[dict[str, Any]] = []  # ridge on every neuron / top PCs per layer (ceiling_rows)
-        resampled: list[dict[str, Any]] = []  # φ-data resampling (evaluate.phi_resamples), per layer
+        phi_metric = self.synergy_metric
+        ev_cfg, modes = self._ablation_config()
+        so_far = _Evaluated.empty(ev.evaluations)
+        rows, new_rows, design, ceilings, resampled = (
+            so_far.rows, so_far.evaluations, so_far.design, so_far.ceilings, so_far.resampled
+        )  # fmt: skip
         if ev.phi_resamples:
             self.stage_phi_resample()
         bar = tqdm(  # ablation passes over the test pairs dominate: count pairs, layer by layer
@@ -745,16 +790,10 @@ class Pipeline:
         for layer in cfg.layers:
             bar.set_postfix(layer=layer)
             # each finished layer is saved, so a killed run resumes at the first unfinished one
-            layer_path = stage.folder / f"layer{layer}.json"
-            saved = read_json(layer_path) if layer_path.is_file() else None
-            if saved is not None and saved.get("key") == stage.key:
-                rows.extend(saved["rows"])
-                ceilings.extend(saved["ceilings"])
-                design.append(saved["design"])
-                for name in new_rows:
-                    new_rows[name].extend(saved["evaluations"].get(name, []))
-                if ev.phi_resamples:
-                    resampled.append(saved["resampled"])
+            layer_path = _layer_file(self.out, layer)
+            saved = _saved_layer(stage, layer)
+            if saved is not None:
+                so_far.add(saved, resampling=bool(ev.phi_resamples))
                 bar.update(len(self.test) * len(modes))
                 continue
             before = (len(rows), len(ceilings), {name: len(got) for name, got in new_rows.items()})
@@ -870,34 +909,89 @@ class Pipeline:
             )
             main_path.unlink(missing_ok=True)
         bar.close()
-        self.evaluation = {
-            "rows": rows,
-            "phi_for_synergy_and_certificate": phi_metric,
-            "evaluations": new_rows,
-            "design": design,
-            "ridge_ceiling": ceilings,
-            "ablation_modes": modes,
-        }
+        self.evaluation = self._evaluation_doc(so_far, modes)
         if ev.phi_resamples:  # φ-data resampling: stability, consensus, per-resample effects
-            from hedonic_neurons.evaluate.resample import CONSENSUS_THRESHOLD
-
-            self.evaluation["phi_resampling"] = {
-                "resamples": ev.phi_resamples,
-                "seed": cfg.seed,
-                "consensus_threshold": CONSENSUS_THRESHOLD,
-                "subset_sizes": {m: [int(s.size) for s in self.resample_subsets(m)] for m in cfg.phi.metrics},
-                "layers": resampled,
-            }
             write_json(self.out / "resample" / "stability.json", self.evaluation["phi_resampling"])
         write_json(path, self.evaluation)
         stage.finish()
 
-    def stage_report(self) -> None:
+    def _evaluation_stage(self) -> Stage:
+        return Stage(self.out / "evaluation", self._model_key("phi", "game", "baselines", "evaluate"))
+
+    @property
+    def synergy_metric(self) -> str:
+        """The φ every method's synergy, certificate and evaluation read: PAS when computed."""
+        metrics = self.cfg.phi.metrics
+        return "pas" if "pas" in metrics else metrics[0]
+
+    def _ablation_config(self) -> tuple[Any, list[str]]:
+        """(evaluate section, ablation modes) as the evaluation runs them: without reference
+        weights (no adapter, no reference checkpoint) zero ablation stands in for reference."""
+        ev = self.cfg.evaluate
+        modes = list(ev.ablation_modes)
+        if self.nm.has_reference or "reference" not in modes:
+            return ev, modes
+        modes = list(dict.fromkeys("zero" if m == "reference" else m for m in modes))
+        return ev.model_copy(update={"ablation_modes": modes}), modes
+
+    def _evaluation_doc(self, done: _Evaluated, modes: list[str]) -> dict[str, Any]:
+        """The evaluation (``evaluation.json``'s content) of the layers in ``done``."""
+        cfg = self.cfg
+        doc: dict[str, Any] = {
+            "rows": done.rows,
+            "phi_for_synergy_and_certificate": self.synergy_metric,
+            "evaluations": done.evaluations,
+            "design": done.design,
+            "ridge_ceiling": done.ceilings,
+            "ablation_modes": modes,
+        }
+        if cfg.evaluate.phi_resamples:
+            from hedonic_neurons.evaluate.resample import CONSENSUS_THRESHOLD
+
+            doc["phi_resampling"] = {
+                "resamples": cfg.evaluate.phi_resamples,
+                "seed": cfg.seed,
+                "consensus_threshold": CONSENSUS_THRESHOLD,
+                "subset_sizes": {m: [int(s.size) for s in self.resample_subsets(m)] for m in cfg.phi.metrics},
+                "layers": done.resampled,
+            }
+        return doc
+
+    def _nothing_finished(self) -> ConfigError:
+        return ConfigError(
+            f"nothing to report yet: no layer of {self.out} has finished its evaluation with this "
+            f"config (layers {self.cfg.layers}; a finished layer is saved as evaluation/layer<L>.json); "
+            "run 'hedonic run' without --report-finished to evaluate"
+        )
+
+    def finished_evaluation(self) -> tuple[dict[str, Any], list[int]]:
+        """(evaluation, layers) of the layers whose evaluation a run of this config has saved, in
+        order up to the first unfinished one (layers are evaluated in order). Raises
+        :class:`ConfigError` when no layer has finished."""
+        cfg = self.cfg
+        stage = self._evaluation_stage()
+        done = _Evaluated.empty(cfg.evaluate.evaluations)
+        layers: list[int] = []
+        for layer in cfg.layers:
+            saved = _saved_layer(stage, layer)
+            if saved is None:
+                break
+            done.add(saved, resampling=bool(cfg.evaluate.phi_resamples))
+            layers.append(layer)
+        if not layers:
+            raise self._nothing_finished()
+        return self._evaluation_doc(done, self._ablation_config()[1]), layers
+
+    def stage_report(self, layers: list[int] | None = None) -> None:
+        """report.md, results.json, figures/ and report.html from ``self.evaluation``. ``layers``:
+        the layers it covers when not every configured layer (a partial report, marked so)."""
         from hedonic_neurons.artifacts import size_summary
         from hedonic_neurons.evaluate.stats import mean_ci
         from hedonic_neurons.report.build import write_report
 
         cfg = self.cfg
+        layers = list(cfg.layers) if layers is None else layers
+        partial = layers != list(cfg.layers)
         rows = self.evaluation["rows"]
 
         def per_seed(method: str, metric: str) -> list[float]:
@@ -928,10 +1022,16 @@ class Pipeline:
         sizes = {}
         for m in self.methods:
             sizes[m] = {}
-            for layer in cfg.layers:
+            for layer in layers:
                 coal = self.coalitions(m, cfg.evaluate.seeds[0], layer)
                 sizes[m][str(layer)] = {**size_summary(coal), "all_sizes": [len(c) for c in coal]}
         banner = []
+        if partial:
+            banner.append(
+                f"PARTIAL RUN: the evaluation has finished layers {layers} of {list(cfg.layers)}; every "
+                f"figure below is over layers {layers} only. Rerun 'hedonic run' on this config to "
+                "evaluate the rest (finished layers are kept)."
+            )
         if "demo" in (cfg.data.train, cfg.data.test):
             banner.append(
                 "DEMO CORPUS: Python standard-library docstrings, not MS MARCO. These numbers show the "
@@ -953,7 +1053,7 @@ class Pipeline:
                 )
             )
         notes.append(
-            f"Every figure is the mean over seeds {cfg.evaluate.seeds} of the mean over layers {cfg.layers} and the "
+            f"Every figure is the mean over seeds {cfg.evaluate.seeds} of the mean over layers {layers} and the "
             f"top-{cfg.evaluate.top_k} coalitions (size ≥ {cfg.evaluate.min_size}); ± is the 95% t-interval half-width."
         )
         notes.append(
@@ -984,7 +1084,8 @@ class Pipeline:
             "banner": banner,
             "model": cfg.model,
             "task": cfg.task,
-            "layers": cfg.layers,
+            "layers": layers,
+            **({"layers_configured": list(cfg.layers)} if partial else {}),
             "seeds": cfg.evaluate.seeds,
             "table_extrinsic": extrinsic,
             "table_ridge": ridge,
@@ -1065,9 +1166,11 @@ def run(
     progress: bool = True,
     stop_after: str | None = None,
     source: str = "config",
+    report_finished: bool = False,
 ) -> Path:
     """Run (or resume) the whole pipeline; returns the path of ``report.html`` (the output folder
-    when ``stop_after`` names an earlier stage).
+    when ``stop_after`` names an earlier stage). ``report_finished``: report the layers whose
+    evaluation has finished instead of evaluating the rest (:meth:`Pipeline.run`).
 
     Checks first (:func:`hedonic_neurons.validation.check_run`; ``source`` names the config in its
     messages), then holds the lock of ``out`` for the whole run: a second run on the same folder
@@ -1078,8 +1181,12 @@ def run(
     from hedonic_neurons.validation import check_run
 
     cfg = check_run(cfg, out, stop_after, source=source)
+    if report_finished and stop_after is not None:
+        raise ConfigError("--report-finished writes the report; it cannot be combined with --stop-after")
     with locked_output(out, command=f"hedonic run ({source})" if source != "config" else None):
-        return Pipeline(cfg, out, progress=progress).run(stop_after=stop_after)
+        return Pipeline(cfg, out, progress=progress).run(
+            stop_after=stop_after, report_finished=report_finished
+        )
 
 
 #: ``hedonic demo``: MiniLM on the built-in demo corpus, sized to finish in minutes on 2 CPU cores.
@@ -1119,6 +1226,12 @@ def register(app: Any) -> None:
             None, "--stop-after", help=f"Stop after this stage ({', '.join(RUN_STAGES)})."
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        report_finished: bool = typer.Option(
+            False,
+            "--report-finished",
+            help="Write the report from the layers whose evaluation has finished (a stopped run), "
+            "marked partial, without evaluating the rest.",
+        ),
     ) -> None:
         """Run every stage (fine-tune, φ, partitions, tracking, evaluation, report); resumes a killed run."""
         from hedonic_neurons.config import load_config
@@ -1127,7 +1240,10 @@ def register(app: Any) -> None:
         check_stage(stop_after)
         cfg = load_config(config)
         folder = out or Path("runs") / Path(config).stem
-        result = run(cfg, folder, progress=not quiet, stop_after=stop_after, source=str(config))
+        result = run(
+            cfg, folder, progress=not quiet, stop_after=stop_after, source=str(config),
+            report_finished=report_finished,
+        )  # fmt: skip
         if stop_after is not None and stop_after != "report":
             typer.echo(
                 f"stopped after {stop_after}; outputs in {result} (rerun without --stop-after to go on)"

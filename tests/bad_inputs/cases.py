@@ -235,6 +235,16 @@ def _(d, w):
     return run_cfg(d, w, "--stop-after", "phii")
 
 
+@case("report-finished-with-stop-after", "--report-finished", "cannot be combined with --stop-after")
+def _(d, w):
+    return run_cfg(d, w, "--report-finished", "--stop-after", "phi")
+
+
+@case("report-finished-nothing-finished", "nothing to report yet", "has finished its evaluation")
+def _(d, w):
+    return run_cfg(d, w, "--report-finished")
+
+
 @case("phi-of-integers", "dtype I64", "floating-point")
 def _(d, w):
     return solve(phi_file(d / "phi.safetensors", (sym() * 10).astype(np.int64)), d / "p.json")
