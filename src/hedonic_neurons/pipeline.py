@@ -249,11 +249,11 @@ class Pipeline:
             ("report", self.stage_report),
         ]
         assert ("finetune", *(name for name, _ in steps)) == RUN_STAGES
-        if report_finished:
-            self.finished_evaluation()  # refuses a run with no finished layer before any work
+        # read once, before any work: refuses a run with no finished layer
+        finished = self.finished_evaluation() if report_finished else None
         for name, fn in steps:
-            if report_finished and name == "evaluate":
-                self.evaluation, layers = self.finished_evaluation()
+            if finished is not None and name == "evaluate":
+                self.evaluation, layers = finished
                 self.stage_report(layers=layers)
                 break
             fn()
